@@ -1,0 +1,4 @@
+"""dfl: decentralized federated learning simulated in JAX, one compiled program for all nodes."""
+from dfl.mixing import DenseMixing, SparseMixing, consensus_distance, mix, node_mean
+
+__all__ = ["DenseMixing", "SparseMixing", "mix", "node_mean", "consensus_distance"]

@@ -1,0 +1,75 @@
+"""FedAvg (McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized
+Data", AISTATS 2017): the centralized-server reference.
+
+Round t: the server samples m = max(1, round(C * N)) clients uniformly without replacement;
+each sampled client k starts from the global model x^t and runs K local SGD steps on its own
+data, giving y_k; the server averages them uniformly, x^{t+1} = (1/m) sum_k y_k, and sends x^{t+1}
+back. Communication: m downloads + m uploads of the model per round.
+
+Only the m sampled clients are trained (one vmapped computation over the sample, not over all N
+nodes). The state keeps the node axis like every other algorithm: each row holds the model that
+node last received, which after a round is the global model for all of them.
+Symbols -> names: C = client_fraction, K = local_steps, eta = lr.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
+from dfl.local import NodeData, make_local_sgd, make_optimizer
+
+PyTree = object
+SAMPLING_STREAM = 2**31 - 1  # fold_in tag of the client-sampling key, apart from node keys
+
+
+class ServerState(NamedTuple):
+  params: PyTree  # [N, ...] every row = the global model x^t
+
+
+def num_sampled(num_nodes: int, client_fraction: float) -> int:
+  return max(1, int(round(client_fraction * num_nodes)))
+
+
+def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: float,
+                   lr_decay: float = 1.0, optimizer=None) -> Algorithm:
+  """FedAvg's round structure for any local update (FedSAM plugs in a SAM local update)."""
+  m = num_sampled(num_nodes, client_fraction)
+
+  def init(params_N):
+    return ServerState(params_N)
+
+  def round_fn(state: ServerState, inputs: RoundInputs):
+    clients_M = jax.random.permutation(jax.random.fold_in(inputs.key, SAMPLING_STREAM), num_nodes)[:m]
+    global_params = jax.tree.map(lambda x: x[0], state.params)
+    data = inputs.data
+    sample_data = NodeData(data.x, data.y, data.indices[clients_M], data.sizes[clients_M])
+    keys_M = node_keys(inputs.key, num_nodes)[clients_M]
+    lr_scale = jnp.asarray(lr_decay, jnp.float32) ** inputs.round
+
+    def train_client(key, shard):
+      opt_state = optimizer.init(global_params)  # a fresh local optimizer per round
+      params, _, loss = local_sgd(global_params, opt_state, key, shard, lr_scale)
+      return params, loss
+
+    trained_M, loss_M = jax.vmap(train_client, in_axes=(0, NodeData(None, None, 0, 0)))(keys_M, sample_data)
+    new_global = jax.tree.map(lambda y: jnp.mean(y, axis=0), trained_M)
+    params_N = jax.tree.map(lambda g: jnp.broadcast_to(g, (num_nodes,) + g.shape), new_global)
+    sampled_N = jnp.zeros(num_nodes, jnp.int32).at[clients_M].set(1)
+    metrics = RoundMetrics(loss=loss_M.mean(), transfers=jnp.int32(2 * m),
+                           sent_N=sampled_N, received_N=sampled_N)
+    return ServerState(params_N), metrics
+
+  return Algorithm(init, round_fn)
+
+
+def fedavg(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, batch_size: int,
+           client_fraction: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0,
+           lr_decay: float = 1.0, gradient: Optional[Callable] = None) -> Algorithm:
+  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
+  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
+                             gradient=gradient)
+  return server_average(local_sgd, num_nodes=num_nodes, client_fraction=client_fraction,
+                        lr_decay=lr_decay, optimizer=optimizer)

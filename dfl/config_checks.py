@@ -1,0 +1,42 @@
+"""Validation of a run's config before anything expensive happens: each error names the bad
+field, its value and what would be valid."""
+from __future__ import annotations
+
+import topologies
+from dfl.algorithms import ALGORITHMS
+from dfl.data import DATASETS
+from dfl.data.partition import PARTITIONS
+from dfl.models import MODELS
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def _one_of(field: str, value, valid):
+  _require(value in valid, f"Unknown {field}={value!r}; valid: {sorted(valid)}.")
+
+
+def validate_config(config) -> None:
+  _require(isinstance(config.num_nodes, int) and config.num_nodes >= 2,
+           f"num_nodes must be an integer >= 2, got {config.num_nodes!r}.")
+  _one_of("data.name", config.data.name, DATASETS)
+  _one_of("data.partition", config.data.partition, PARTITIONS)
+  if config.data.partition == "dirichlet":
+    _require(config.data.alpha > 0, f"data.alpha must be > 0, got {config.data.alpha}.")
+  _one_of("model.name", config.model.name, MODELS)
+  _one_of("topology.name", config.topology.name, topologies.NAMES)
+  _one_of("topology.mixing_form", config.topology.mixing_form, ("auto", "dense", "sparse"))
+  a = config.algorithm
+  _one_of("algorithm.name", a.name, ALGORITHMS)
+  _require(a.lr > 0, f"algorithm.lr must be > 0, got {a.lr}.")
+  _require(0 < a.lr_decay <= 1, f"algorithm.lr_decay must be in (0, 1], got {a.lr_decay}.")
+  _require(a.local_steps >= 1, f"algorithm.local_steps must be >= 1, got {a.local_steps}.")
+  _require(a.batch_size >= 1, f"algorithm.batch_size must be >= 1, got {a.batch_size}.")
+  _require(a.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {a.weight_decay}.")
+  _require(0 < a.client_fraction <= 1,
+           f"algorithm.client_fraction must be in (0, 1], got {a.client_fraction}.")
+  _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
+  _require(config.eval.every_rounds >= 1,
+           f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")

@@ -1,0 +1,67 @@
+"""Flax models for one node (no node axis: the engine vmaps them).
+
+`mlp`: the FedAvg-paper MLP (784-200-200-10 on MNIST-sized inputs).
+`cnn`: LeNet-5 style, conv5x5x32 - maxpool2 - conv5x5x64 - maxpool2 - fc512 - fc10 ('SAME'
+padding), the CNN of the FedAvg / DFedSAM experiments on (Fashion-)MNIST.
+`logreg`: multinomial logistic regression.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import optax
+
+
+class MLP(nn.Module):
+  hidden: Sequence[int] = (200, 200)
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class CNN(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.max_pool(nn.relu(nn.Conv(32, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
+    x = nn.max_pool(nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(512)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class LogReg(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": lambda num_classes, hidden=(200, 200), **_: MLP(tuple(hidden), num_classes),
+    "cnn": lambda num_classes, **_: CNN(num_classes),
+    "logreg": lambda num_classes, **_: LogReg(num_classes),
+}
+
+
+def make_model(name: str, num_classes: int, **options) -> nn.Module:
+  if name not in MODELS:
+    raise ValueError(f"Unknown model.name={name!r}; valid: {sorted(MODELS)}.")
+  return MODELS[name](num_classes, **options)
+
+
+def cross_entropy_loss(model: nn.Module) -> Callable:
+  """loss(params, x, y) -> mean softmax cross-entropy of one node's minibatch."""
+  def loss(params, x, y):
+    logits = model.apply({"params": params}, x)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+  return loss
