@@ -64,6 +64,12 @@ def init_node_params(model, input_shape, num_nodes: int, key: jax.Array, same_in
   return jax.vmap(init)(jax.random.split(key, num_nodes))
 
 
+def topology_options(topology_config) -> dict:
+  """Graph-specific fields of the topology section (degree, edge probability, ...)."""
+  common = {"name", "weights", "mixing_form", "seed"}
+  return {k: v for k, v in topology_config.items() if k not in common}
+
+
 def use_sparse_mixing(form: str, W: np.ndarray) -> bool:
   if form != "auto":
     return form == "sparse"
@@ -92,7 +98,8 @@ def build_experiment(config) -> Experiment:
   init_params = init_node_params(model, dataset.input_shape, n,
                                  jax.random.fold_in(root, _INIT_STREAM), config.model.same_init)
   topology = topologies.make(config.topology.name, n, weights=config.topology.weights,
-                             seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM))
+                             seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
+                             **topology_options(config.topology))
   loss_fn = cross_entropy_loss(model)
   algorithm = build_algorithm(config.algorithm, BuildContext(loss_fn, n, sizes))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
