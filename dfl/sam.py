@@ -1,0 +1,31 @@
+"""Sharpness-aware minimisation gradient (Foret et al., "Sharpness-Aware Minimization for
+Efficiently Improving Generalization", ICLR 2021), as DFedSAM and FedSAM use it locally.
+
+On one minibatch xi:  g = grad F(y; xi);  delta = rho * g / (||g|| + eps) (||.|| the global L2
+norm over all parameters);  g_sam = grad F(y + delta; xi), the same minibatch.
+rho = 0 returns the plain gradient with one pass, so SAM with rho = 0 is SGD bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+
+NORM_EPS = 1e-12
+
+
+def sam_gradient(loss_fn: Callable, rho: float, eps: float = NORM_EPS) -> Callable:
+  """Returns gradient(params, x, y) -> (loss at params, SAM gradient) for `make_local_sgd`."""
+  value_and_grad = jax.value_and_grad(loss_fn)
+  if rho == 0:
+    return value_and_grad
+
+  def gradient(params, x, y):
+    loss, g = value_and_grad(params, x, y)
+    scale = rho / (optax.global_norm(g) + eps)
+    perturbed = jax.tree.map(lambda p, gi: p + scale * gi, params, g)
+    _, g_sam = value_and_grad(perturbed, x, y)
+    return loss, g_sam
+
+  return gradient
