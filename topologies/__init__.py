@@ -1,26 +1,123 @@
 """Communication graphs and gossip mixing matrices (numpy only, importable without JAX).
 
-    topology = topologies.make("ring", 16)
-    W = topology.matrix(round_index)          # [N, N] numpy
+    topology = topologies.make("torus", 16, weights="metropolis_hastings", seed=0)
+    W = topology.matrix(round_index)          # [N, N] numpy, row i = node i's weights
+    indices, weights = topology.neighbors(round_index)   # padded [N, K] sparse form
+    topology.properties()                     # degrees, connectivity, spectral gap, ...
+
+Command line: `python -m topologies NAME --num-nodes N` (see topologies/__main__.py).
 """
 from __future__ import annotations
 
-from topologies.graphs import STATIC_GRAPHS
-from topologies.topology import Topology, spectral_gap, to_neighbors
-from topologies.weights import WEIGHTS
+import inspect
+from typing import Optional
 
-NAMES = sorted(STATIC_GRAPHS)
+from topologies.checks import check_connected, check_mixing_matrix
+from topologies.edges_file import from_edges
+from topologies.graphs import STATIC_GRAPHS
+from topologies.schedules import SCHEDULES, ScheduledTopology, schedule_rounds, scheduled
+from topologies.time_varying import TIME_VARYING_GRAPHS
+from topologies.topology import Graph, Topology, spectral_gap, to_neighbors
+from topologies.weights import WEIGHTS, lazy
+
+GRAPHS = {**STATIC_GRAPHS, **TIME_VARYING_GRAPHS, "from_edges": from_edges}
+NAMES = sorted(GRAPHS)
+# Graph-specific options; a graph ignores those it does not take (the config carries them all).
+GRAPH_OPTIONS = {
+    "degree": 4,  # random_regular k; small_world k (even); random_neighbors draws per round
+    "edge_prob": None,  # erdos_renyi p (None: 2 ln N / N)
+    "rewire_prob": 0.1,  # small_world rewiring probability
+    "directed": False,  # exponential, random_neighbors, from_edges: row-stochastic W allowed
+    "edges_file": "",  # from_edges: path of the edge list
+}
+
+
+def _build_graph(name: str, num_nodes: int, seed: int, options: dict) -> Graph:
+  builder = GRAPHS[name]
+  accepted = inspect.signature(builder).parameters
+  if options.get("directed") and "directed" not in accepted:
+    takes = sorted(n for n, b in GRAPHS.items() if "directed" in inspect.signature(b).parameters)
+    raise ValueError(f"topology {name!r} has no directed form; directed=True works with {takes}.")
+  kwargs = {k: v for k, v in {**options, "seed": seed}.items() if k in accepted}
+  graph = builder(num_nodes, **kwargs)
+  if isinstance(graph, Graph):
+    return graph
+  return Graph(lambda _, A=graph: A, directed=bool(kwargs.get("directed", False)))
 
 
 def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", seed: int = 0,
-         **options) -> Topology:
-  """Builds a topology by name. Raises ValueError naming the bad value and the valid ones."""
-  if name not in STATIC_GRAPHS:
+         laziness: float = 0.0, num_rounds: Optional[int] = None, schedule: str = "none",
+         schedule_topology: str = "complete", schedule_window: int = 1, **options) -> Topology:
+  """Builds a checked topology by name.
+
+  Args:
+    name: one of `NAMES`.
+    num_nodes: N.
+    weights: one of `WEIGHTS` (metropolis_hastings, uniform, max_degree); ignored where an edge
+      file gives weights.
+    seed: seeds the random graphs (erdos_renyi, random_regular, small_world, random_neighbors).
+    laziness: beta in W <- (1 - beta) W + beta I, 0 <= beta < 1.
+    num_rounds: length of the run; schedules need it, time-varying graphs use it to size the
+      sparse form.
+    schedule: "none", "final_merge" (last round on `schedule_topology`) or "dense_window" (last
+      `schedule_window` rounds on it); see topologies/schedules.py.
+    schedule_topology: the dense graph of a schedule (complete = global merge); built with the
+      same weights and seed, without laziness.
+    schedule_window: rounds in the dense window.
+    **options: graph options, see `GRAPH_OPTIONS`; unused ones are ignored.
+
+  Returns:
+    A Topology whose every W_t is nonnegative and row-stochastic, doubly stochastic unless
+    `directed=True` was asked for, and (static or over a period) connected.
+
+  Raises:
+    ValueError naming the bad value and what would be valid.
+  """
+  if name not in GRAPHS:
     raise ValueError(f"Unknown topology.name={name!r}; valid: {NAMES}.")
   if weights not in WEIGHTS:
     raise ValueError(f"Unknown topology.weights={weights!r}; valid: {sorted(WEIGHTS)}.")
-  adjacency = STATIC_GRAPHS[name](num_nodes, seed=seed, **options)
-  return Topology(name, num_nodes, lambda _: WEIGHTS[weights](adjacency))
+  unknown = sorted(set(options) - set(GRAPH_OPTIONS))
+  if unknown:
+    raise ValueError(f"Unknown topology option(s) {unknown}; valid: {sorted(GRAPH_OPTIONS)}.")
+  if not isinstance(num_nodes, int) or num_nodes < 2:
+    raise ValueError(f"num_nodes must be an integer >= 2, got {num_nodes!r}.")
+  if not 0 <= laziness < 1:
+    raise ValueError(f"topology.laziness must be in [0, 1), got {laziness}.")
+  options = {**GRAPH_OPTIONS, **options}
+  graph = _build_graph(name, num_nodes, seed, options)
+  doubly = not options["directed"]
+  what = f"topology {name!r}" + (f" ({options['edges_file']})" if name == "from_edges" else "")
+
+  def matrix_fn(t: int):
+    if graph.matrix is not None:
+      W = graph.matrix(t)
+    else:
+      W = WEIGHTS[weights](graph.adjacency(t), directed=graph.directed)
+    W = lazy(W, laziness)
+    check_mixing_matrix(W, doubly_stochastic=doubly, what=f"{what} round {t}")
+    return W
+
+  if not graph.time_varying or graph.period:
+    union = sum(graph.adjacency(t) for t in range(graph.period or 1))
+    check_connected(union, what + (" (over one period)" if graph.period else ""), graph.directed)
+  description = {"weights": "from edges_file" if graph.matrix is not None else weights,
+                 "laziness": laziness}
+  topology = Topology(name, num_nodes, matrix_fn, time_varying=graph.time_varying,
+                      directed=graph.directed, period=graph.period, num_rounds=num_rounds,
+                      width_bound=graph.width, description=description)
+  if not graph.time_varying:
+    topology.matrix(0)  # build and check now, not in the middle of a run
+  if schedule == "none":
+    return topology
+  rounds = schedule_rounds(schedule, num_rounds, schedule_window)
+  if schedule_topology not in GRAPHS:
+    raise ValueError(f"Unknown topology.schedule_topology={schedule_topology!r}; valid: {NAMES}.")
+  dense = make(schedule_topology, num_nodes, weights=weights, seed=seed, num_rounds=num_rounds,
+               **{**options, "directed": False})
+  return scheduled(topology, dense, rounds, schedule=schedule)
 
 
-__all__ = ["make", "Topology", "NAMES", "spectral_gap", "to_neighbors"]
+__all__ = ["make", "Topology", "ScheduledTopology", "Graph", "NAMES", "GRAPHS", "WEIGHTS",
+           "SCHEDULES", "GRAPH_OPTIONS", "spectral_gap", "to_neighbors", "scheduled",
+           "check_mixing_matrix", "check_connected"]
