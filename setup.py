@@ -19,6 +19,7 @@ setup(
         "tqdm>=4.60",
         "scikit-learn>=1.3",  # carries the embedded default dataset (digits)
         "matplotlib>=3.7",  # figures of runs, sweeps and topologies
+        "networkx>=3.0",  # random graphs, connectivity and diameter in topologies/
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],

@@ -70,11 +70,11 @@ def topology_options(topology_config) -> dict:
   return {k: v for k, v in topology_config.items() if k not in common}
 
 
-def use_sparse_mixing(form: str, W: np.ndarray) -> bool:
+def use_sparse_mixing(form: str, topology: topologies.Topology) -> bool:
   if form != "auto":
     return form == "sparse"
-  n = W.shape[0]
-  return n > 64 and int((W != 0).sum(axis=1).max()) <= n // 8
+  n = topology.num_nodes  # the width covers every round (a final merge makes it N)
+  return n > 64 and topology.neighbor_width <= n // 8
 
 
 def mixing_operator(topology: topologies.Topology, round_index: int, sparse: bool):
@@ -97,9 +97,12 @@ def build_experiment(config) -> Experiment:
   root = jax.random.key(config.seed)
   init_params = init_node_params(model, dataset.input_shape, n,
                                  jax.random.fold_in(root, _INIT_STREAM), config.model.same_init)
+  options = topology_options(config.topology)
+  if options.get("num_rounds") is None:  # schedules place their dense rounds at the run's end
+    options["num_rounds"] = config.train.rounds
   topology = topologies.make(config.topology.name, n, weights=config.topology.weights,
                              seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
-                             **topology_options(config.topology))
+                             **options)
   loss_fn = cross_entropy_loss(model)
   algorithm = build_algorithm(config.algorithm, BuildContext(loss_fn, n, sizes))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
@@ -140,6 +143,17 @@ def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm
   return record
 
 
+def _before_merge(records: list, merge_start: int) -> dict:
+  """Accuracies of the local models right before a schedule's dense rounds, and of their
+  average (what one global merge at that point gives). After a complete-graph merge round of a
+  gossip algorithm the local models all equal their average: the final record then shows the
+  merged model in both `test_accuracy` and `test_accuracy_local_mean`."""
+  before = next(r for r in records if r["round"] == merge_start)
+  return {"merge_round": merge_start,
+          "before_merge_test_accuracy_local_mean": before["test_accuracy_local_mean"],
+          "before_merge_test_accuracy": before["test_accuracy"]}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the experiment described by `config`, writing its outputs to `workdir`.
 
@@ -154,7 +168,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                config.data.name, config.model.name, exp.model_bytes // 4)
 
   rounds, every = config.train.rounds, config.eval.every_rounds
-  sparse = use_sparse_mixing(config.topology.mixing_form, exp.topology.matrix(0))
+  sparse = use_sparse_mixing(config.topology.mixing_form, exp.topology)
+  # A schedule's dense rounds (e.g. the final global merge) start a chunk, so the local models
+  # right before them are evaluated too.
+  merge_start = exp.topology.dense_rounds[0] if exp.topology.dense_rounds else None
   static_mixing = (None if exp.topology.time_varying
                    else mixing_operator(exp.topology, 0, sparse))
   comm = CommCounter(config.num_nodes, exp.model_bytes)
@@ -170,6 +187,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     done = 0
     while done < rounds:
       length = min(every, rounds - done)
+      if merge_start is not None and done < merge_start < done + length:
+        length = merge_start - done
       rounds_R = jnp.arange(done, done + length, dtype=jnp.int32)
       if static_mixing is not None:
         mixing, per_round = static_mixing, False
@@ -199,8 +218,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
              "final_train_loss": final["train_loss"], "rounds": rounds,
              "comm_bytes": final["comm_bytes"], "comm_bytes_max_node": final["comm_bytes_max_node"],
              "wall_seconds": round(time.perf_counter() - start, 3)}
+  if merge_start is not None:
+    summary.update(_before_merge(records, merge_start))
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
+  if merge_start is not None:
+    print(f"before the {config.topology.schedule} (round {merge_start}): mean local model "
+          f"{summary['before_merge_test_accuracy_local_mean']:.4f}, their average "
+          f"{summary['before_merge_test_accuracy']:.4f}", flush=True)
   print(f"final test accuracy of the node-averaged model: {summary['final_test_accuracy']:.4f} "
         f"(mean local model {summary['final_test_accuracy_local_mean']:.4f}) after {rounds} "
         f"rounds, {summary['wall_seconds']:.1f} s; outputs in {workdir}", flush=True)

@@ -27,8 +27,20 @@ def get_config():
   c.model.same_init = True  # all nodes start from one initialisation (False: independent inits)
 
   c.topology = config_dict.ConfigDict()
-  c.topology.name = "ring"
-  c.topology.weights = "metropolis_hastings"
+  c.topology.name = "ring"  # any of topologies.NAMES; `python -m topologies --table` lists them
+  c.topology.weights = "metropolis_hastings"  # metropolis_hastings | uniform | max_degree
+  c.topology.laziness = 0.0  # beta: W <- (1 - beta) W + beta I
+  c.topology.degree = 4  # random_regular / small_world (even) degree; random_neighbors draws
+  c.topology.edge_prob = config_dict.placeholder(float)  # erdos_renyi p; None: 2 ln N / N
+  c.topology.rewire_prob = 0.1  # small_world (Watts-Strogatz) rewiring probability
+  c.topology.directed = False  # exponential/random_neighbors/from_edges: row-stochastic W
+  c.topology.edges_file = ""  # from_edges: edge list ('i j [w]' lines, optional 'round t')
+  # Schedules ("A Single Merging Suffices", Zhu et al. 2025): none | final_merge (last round
+  # on schedule_topology) | dense_window (last schedule_window rounds on it).
+  c.topology.schedule = "none"
+  c.topology.schedule_topology = "complete"  # complete = global merge (W = 11^T / N)
+  c.topology.schedule_window = 1  # dense_window length in rounds
+  c.topology.num_rounds = config_dict.placeholder(int)  # schedule horizon; None: train.rounds
   c.topology.mixing_form = "auto"  # dense | sparse | auto (sparse when N > 64 and rows are sparse)
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
