@@ -1,0 +1,57 @@
+"""Every algorithm accepts every topology through the config flag, and the driver reports the
+local models before a schedule's final merge next to the merged model."""
+import json
+
+import jax
+import pytest
+
+import topologies
+from dfl.algorithms import ALGORITHMS
+from dfl.train import train_and_evaluate
+from tests.conftest import tiny_config
+
+EDGES = "# ring of 8 with two chords\n" + "".join(f"{i} {(i + 1) % 8}\n" for i in range(8)) + \
+        "0 4\n2 6\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_once(tmp_path_factory):
+  """W is a traced argument, so every topology runs the same program per algorithm; the
+  persistent cache lets each run reuse it instead of recompiling (the product stays fast)."""
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+@pytest.fixture(scope="module")
+def edges_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("edges") / "ring8.txt"
+  path.write_text(EDGES)
+  return str(path)
+
+
+@pytest.mark.parametrize("name", topologies.NAMES)
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_runs_on_every_topology(algorithm, name, edges_file, tmp_path):
+  config = tiny_config(num_nodes=8, algorithm__name=algorithm, topology__name=name,
+                       topology__edges_file=edges_file if name == "from_edges" else "",
+                       train__rounds=2, eval__every_rounds=2, eval__local_examples=50)
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert summary["rounds"] == 2 and summary["final_train_loss"] > 0
+  assert 0 <= summary["final_test_accuracy"] <= 1
+
+
+def test_final_merge_reports_local_models_before_and_the_merged_model(tmp_path):
+  config = tiny_config(num_nodes=8, topology__name="ring", topology__schedule="final_merge",
+                       train__rounds=5, eval__every_rounds=2,
+                       eval__local_examples=0)  # local models on the whole test set too
+  summary = train_and_evaluate(config, str(tmp_path))
+  # The eval cadence 2, 4 gains round 4: the local models right before the merge round.
+  assert summary["merge_round"] == 4
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in records] == [0, 2, 4, 5]
+  assert summary["before_merge_test_accuracy_local_mean"] != summary["before_merge_test_accuracy"]
+  # DFedAvg gossips last, so after the complete-graph round every node holds the average.
+  assert summary["final_consensus_distance"] < 1e-8
+  assert summary["final_test_accuracy_local_mean"] == pytest.approx(
+      summary["final_test_accuracy"], abs=1e-6)
