@@ -17,7 +17,7 @@ import topologies
 # Shown in --table; from_edges needs a file, so it is left out there.
 _TABLE_NOTES = {
     "erdos_renyi": "p = 2 ln N / N, seed 0", "random_regular": "degree 4, seed 0",
-    "small_world": "degree 4, rewire 0.1, seed 0", "one_peer_exponential": "mean W over a period",
+    "small_world": "degree 4, rewire 0.1, seed 0", "one_peer_exponential": "mean W over a period; a period averages exactly (N = 2^k)",
     "random_neighbors": "degree 4; mean W over 32 rounds", "torus": "most square rows x cols",
     "grid": "most square rows x cols", "exponential": "i -- i +- 2^k",
 }
