@@ -28,6 +28,8 @@ def validate_config(config) -> None:
   _one_of("model.name", config.model.name, MODELS)
   _one_of("topology.name", config.topology.name, topologies.NAMES)
   _one_of("topology.mixing_form", config.topology.mixing_form, ("auto", "dense", "sparse"))
+  _one_of("topology.weights", config.topology.weights, topologies.WEIGHTS)
+  _one_of("topology.schedule", config.topology.schedule, topologies.SCHEDULES)
   a = config.algorithm
   _one_of("algorithm.name", a.name, ALGORITHMS)
   _require(a.lr > 0, f"algorithm.lr must be > 0, got {a.lr}.")
