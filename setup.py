@@ -22,7 +22,9 @@ setup(
         "networkx>=3.0",  # random graphs, connectivity and diameter in topologies/
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "tensorboardX>=2.6"],
+        # Live TensorBoard events without TensorFlow (needs only numpy + protobuf).
+        "tensorboard": ["tensorboardX>=2.6"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

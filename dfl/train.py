@@ -27,6 +27,7 @@ from dfl.data.partition import pack_shards, partition
 from dfl.engine import make_chunk_runner
 from dfl.evaluation import make_evaluator
 from dfl.local import NodeData
+from dfl.metric_writers import make_metric_writer
 from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
 from dfl.models import cross_entropy_loss, make_model
 
@@ -134,13 +135,30 @@ class CommCounter:
             "comm_bytes_max_node": int(max(self.sent_N.max(), self.received_N.max())) * self.model_bytes}
 
 
+def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCounter,
+                      wall: float) -> dict:
+  """One line of metrics.jsonl from the evaluator's figures (host values)."""
+  return {"round": round_done, **{k: float(v) for k, v in figures.items()},
+          "train_loss": None if train_loss is None else float(train_loss),
+          **comm.as_dict(), "wall_seconds": round(wall, 3)}
+
+
 def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm: CommCounter,
                        wall: float) -> dict:
   figures = jax.device_get(exp.evaluate(state.params))
-  record = {"round": round_done, **{k: float(v) for k, v in figures.items()},
-            "train_loss": None if train_loss is None else float(train_loss),
-            **comm.as_dict(), "wall_seconds": round(wall, 3)}
-  return record
+  return evaluation_record(figures, round_done, train_loss, comm, wall)
+
+
+def make_summary(records: list[dict], rounds: int, wall: float) -> dict:
+  """summary.json from the run's evaluation records."""
+  final = records[-1]
+  return {"final_test_accuracy": final["test_accuracy"],
+          "final_test_accuracy_local_mean": final["test_accuracy_local_mean"],
+          "best_test_accuracy": max(r["test_accuracy"] for r in records),
+          "final_consensus_distance": final["consensus_distance"],
+          "final_train_loss": final["train_loss"], "rounds": rounds,
+          "comm_bytes": final["comm_bytes"], "comm_bytes_max_node": final["comm_bytes_max_node"],
+          "wall_seconds": round(wall, 3)}
 
 
 def _before_merge(records: list, merge_start: int) -> dict:
@@ -176,14 +194,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    else mixing_operator(exp.topology, 0, sparse))
   comm = CommCounter(config.num_nodes, exp.model_bytes)
   state = exp.algorithm.init(exp.init_params)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = time.perf_counter()
 
   records = [_evaluation_record(exp, state, 0, None, comm, 0.0)]
-  with open(metrics_path, "w") as metrics_file, \
+  with make_metric_writer(workdir, tensorboard=config.logging.tensorboard) as writer, \
       tqdm(total=rounds, desc=f"{config.algorithm.name}/{config.topology.name}", unit="round",
            dynamic_ncols=True) as bar:
-    metrics_file.write(json.dumps(records[0]) + "\n")
+    writer.write(records[0])
     done = 0
     while done < rounds:
       length = min(every, rounds - done)
@@ -205,19 +222,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                  f"algorithm.lr (now {config.algorithm.lr}).")
       record = _evaluation_record(exp, state, done, train_loss, comm, time.perf_counter() - start)
       records.append(record)
-      metrics_file.write(json.dumps(record) + "\n")
-      metrics_file.flush()
+      writer.write(record)
       bar.update(length)
       bar.set_postfix(acc=f"{record['test_accuracy']:.4f}", loss=f"{train_loss:.4f}")
 
-  final = records[-1]
-  summary = {"final_test_accuracy": final["test_accuracy"],
-             "final_test_accuracy_local_mean": final["test_accuracy_local_mean"],
-             "best_test_accuracy": max(r["test_accuracy"] for r in records),
-             "final_consensus_distance": final["consensus_distance"],
-             "final_train_loss": final["train_loss"], "rounds": rounds,
-             "comm_bytes": final["comm_bytes"], "comm_bytes_max_node": final["comm_bytes_max_node"],
-             "wall_seconds": round(time.perf_counter() - start, 3)}
+  summary = make_summary(records, rounds, time.perf_counter() - start)
   if merge_start is not None:
     summary.update(_before_merge(records, merge_start))
   with open(os.path.join(workdir, "summary.json"), "w") as f:

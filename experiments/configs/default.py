@@ -61,4 +61,7 @@ def get_config():
   c.eval.every_rounds = 10  # also the number of rounds compiled into one host sync
   c.eval.batch_size = 1000
   c.eval.local_examples = 2000  # test samples for each node's own model (0 = all)
+
+  c.logging = config_dict.ConfigDict()
+  c.logging.tensorboard = False  # also write TensorBoard events to workdir/tensorboard/
   return c
