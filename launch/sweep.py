@@ -1,0 +1,273 @@
+"""Runs a sweep: one `launch.main` run per combination of config overrides, each in its own workdir.
+
+    python -m launch.sweep --config experiments/configs/default.py --root runs/grid \
+        --sweep topology.name=ring,torus,complete --sweep algorithm.name=dfedavg,dpsgd \
+        --seeds 0,1,2 --parallel 2 --config.train.rounds=100
+
+Axes come from the config file's get_sweep() (if any) and from --sweep (cartesian) / --zip (all
+--zip flags zipped into one axis) / --seeds; see launch/sweep_spec.py. Every run is the command
+`python -m launch.main --config ... --workdir ROOT/NAME <--config flags> <its overrides>` in a
+subprocess of its own, so a crash in one cannot take the others down. Run again to finish a
+sweep: runs with a summary.json are skipped, unfinished ones are started again in the same
+workdir (and resume there from their last checkpoint), failed ones are listed at the end with
+the tail of their log (ROOT/NAME/run.log).
+
+For a cluster: `--emit=commands` prints the pending runs' commands, one per line;
+`--emit=slurm` writes ROOT/sweep.slurm, a SLURM job array with one task per pending run.
+Then collect the results: `python -m launch.report ROOT`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch import sweep_spec
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_ROOT = flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
+_SWEEP = flags.DEFINE_multi_string("sweep", [], "FIELD=V1,V2,...: a cartesian axis (repeatable).")
+_ZIP = flags.DEFINE_multi_string("zip", [], "FIELD=V1,V2,...: all --zip fields form one zipped axis.")
+_SEEDS = flags.DEFINE_string("seeds", None, "Comma-separated seeds, e.g. 0,1,2 (the innermost axis).")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time on this machine.")
+_EMIT = flags.DEFINE_enum("emit", None, ["commands", "slurm"],
+                          "Do not run: print the pending commands, or write ROOT/sweep.slurm.")
+_SBATCH = flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH option for --emit=slurm, "
+                                    "e.g. --sbatch=--gres=gpu:1 --sbatch=--time=4:00:00.")
+flags.mark_flags_as_required(["config", "root"])
+
+LOG_NAME = "run.log"
+RECORD_NAME = "sweep_run.json"  # which command made this workdir (to refuse mixing sweeps)
+TAIL_LINES = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  workdir: str
+  command: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Outcome:
+  run: Run
+  status: str  # done | failed | not started
+  seconds: float = 0.0
+  returncode: int | None = None
+  tail: str = ""
+
+
+def config_override_tokens(argv: list[str]) -> list[str]:
+  """The --config.FIELD flags exactly as typed, to hand on to every run."""
+  tokens, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if re.match(r"^--?(no)?config\.", arg):
+      tokens.append(arg)
+      if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        tokens.append(argv[i + 1])
+        i += 1
+    i += 1
+  return tokens
+
+
+def load_sweep_axes(config_arg: str) -> list[sweep_spec.Axis]:
+  """The axes of the config file's get_sweep() ('path.py' or 'path.py:arg'); [] if it has none."""
+  path, _, arg = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    return []
+  return sweep_spec.axes_from_config(module.get_sweep(arg) if arg else module.get_sweep())
+
+
+def plan_runs(config, config_arg: str, root: str, base_flags: list[str], sweep_flags: list[str],
+              zip_flags: list[str], seeds: str | None) -> list[Run]:
+  """Every run of the sweep with its workdir and launch.main command."""
+  cli_axes = [dict([sweep_spec.parse_axis_flag(f)]) for f in sweep_flags]
+  if zip_flags:
+    cli_axes.append(sweep_spec.zipped_axis(zip_flags))
+  if seeds:
+    cli_axes.append({"seed": sweep_spec.split_values(seeds)})
+  axes = sweep_spec.merge_axes(load_sweep_axes(config_arg), cli_axes)
+  fixed = [t.split("=", 1)[0].lstrip("-").removeprefix("no").removeprefix("config.")
+           for t in base_flags if t.lstrip("-").removeprefix("no").startswith("config.")]
+  sweep_spec.check_axes(axes, config, fixed)
+  runs = []
+  for overrides in sweep_spec.expand(axes):
+    workdir = os.path.join(root, sweep_spec.run_name(overrides))
+    command = (sys.executable, "-m", "launch.main", f"--config={config_arg}", f"--workdir={workdir}",
+               *base_flags, *(f"--config.{field}={value}" for field, value in overrides))
+    runs.append(Run(sweep_spec.run_name(overrides), workdir, command))
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    raise ValueError("Two runs of the sweep map to one workdir; are some values repeated?")
+  return runs
+
+
+def is_finished(run: Run) -> bool:
+  return os.path.exists(os.path.join(run.workdir, "summary.json"))
+
+
+def check_not_stale(runs: list[Run]) -> None:
+  """Refuses to mix runs of different base settings in one root (a skipped run would be stale)."""
+  stale = []
+  for run in runs:
+    path = os.path.join(run.workdir, RECORD_NAME)
+    if os.path.exists(path):
+      with open(path) as f:
+        if json.load(f)["command"][2:] != list(run.command[2:]):
+          stale.append(run.workdir)
+  if stale:
+    raise ValueError(f"{len(stale)} workdir(s), e.g. {stale[0]}, were made by a different command "
+                     f"(other --config flags?); see {RECORD_NAME} there. Use a new --root.")
+
+
+def _tail(log_path: str, start: int) -> str:
+  with open(log_path, errors="replace") as f:
+    f.seek(start)
+    text = f.read()
+  lines = [l for l in re.split(r"[\r\n]", text) if l.strip()]  # \r: progress-bar redraws
+  return "\n".join(lines[-TAIL_LINES:])
+
+
+class Executor:
+  """Runs launch.main subprocesses, `parallel` at a time; Ctrl-C stops them all (SIGTERM, so a
+  run can checkpoint on the way out) and leaves their workdirs to be resumed."""
+
+  def __init__(self, parallel: int):
+    self.parallel = parallel
+    self.stopping = threading.Event()
+    self._procs: set[subprocess.Popen] = set()
+    self._lock = threading.Lock()
+    self.env = dict(os.environ)
+    if parallel > 1:  # runs sharing one accelerator must not each grab most of its memory
+      self.env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+  def run_one(self, run: Run) -> Outcome:
+    if self.stopping.is_set():
+      return Outcome(run, "not started")
+    os.makedirs(run.workdir, exist_ok=True)
+    with open(os.path.join(run.workdir, RECORD_NAME), "w") as f:
+      json.dump({"command": list(run.command)}, f, indent=2)
+    log_path = os.path.join(run.workdir, LOG_NAME)
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+      log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(run.command)}\n")
+      log.flush()
+      offset = log.tell()
+      proc = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                              start_new_session=True)  # Ctrl-C reaches the sweep, which stops it
+      with self._lock:
+        self._procs.add(proc)
+      returncode = proc.wait()
+      with self._lock:
+        self._procs.discard(proc)
+    seconds = time.perf_counter() - start
+    if returncode == 0 and is_finished(run):
+      return Outcome(run, "done", seconds, returncode)
+    return Outcome(run, "failed", seconds, returncode, _tail(log_path, offset))
+
+  def stop(self) -> None:
+    self.stopping.set()
+    with self._lock:
+      for proc in self._procs:
+        proc.send_signal(signal.SIGTERM)
+
+  def run_all(self, runs: list[Run], report=print) -> list[Outcome]:
+    outcomes = []
+    with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+      futures = [pool.submit(self.run_one, run) for run in runs]
+      try:
+        for future in as_completed(futures):
+          outcome = future.result()
+          outcomes.append(outcome)
+          if outcome.status != "not started":
+            report(_progress_line(len(outcomes), len(runs), outcome))
+      except KeyboardInterrupt:
+        report("Interrupted: stopping the running runs; run the same command again to resume.")
+        self.stop()
+        raise
+    return outcomes
+
+
+def _progress_line(i: int, n: int, outcome: Outcome) -> str:
+  line = f"[{i}/{n}] {outcome.status:<6} {outcome.seconds:7.1f}s  {outcome.run.name}"
+  if outcome.status == "done":
+    with open(os.path.join(outcome.run.workdir, "summary.json")) as f:
+      line += f"  final accuracy {json.load(f)['final_test_accuracy']:.4f}"
+  else:
+    line += f"  (exit {outcome.returncode}; log: {os.path.join(outcome.run.workdir, LOG_NAME)})"
+  return line
+
+
+def slurm_script(runs: list[Run], root: str, parallel: int, sbatch: list[str]) -> str:
+  """A SLURM job array running one pending run per task, from this checkout."""
+  lines = ["#!/bin/bash", f"#SBATCH --job-name=dfl-{os.path.basename(os.path.abspath(root))}",
+           f"#SBATCH --array=0-{len(runs) - 1}" + (f"%{parallel}" if parallel > 1 else ""),
+           f"#SBATCH --output={os.path.abspath(os.path.join(root, 'slurm'))}/%A_%a.log",
+           *(f"#SBATCH {opt}" for opt in sbatch), "set -euo pipefail",
+           f"cd {shlex.quote(os.getcwd())}", "COMMANDS=("]
+  lines += [f"  {shlex.quote(shlex.join(run.command))}" for run in runs]
+  lines += [")", 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', ""]
+  return "\n".join(lines)
+
+
+def summarize(outcomes: list[Outcome], skipped: int, report=print) -> None:
+  count = lambda s: sum(o.status == s for o in outcomes)
+  report(f"\n{count('done')} done, {skipped} already finished (skipped), {count('failed')} failed"
+         + (f", {count('not started')} not started" if count("not started") else ""))
+  for o in outcomes:
+    if o.status == "failed":
+      report(f"\nFAILED {o.run.name} (exit {o.returncode}), log {os.path.join(o.run.workdir, LOG_NAME)}:")
+      report("  " + o.tail.replace("\n", "\n  "))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _PARALLEL.value < 1:
+    raise app.UsageError(f"--parallel must be >= 1, got {_PARALLEL.value}.")
+  root = _ROOT.value
+  config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+  runs = plan_runs(_CONFIG.value, config_arg, root, config_override_tokens(sys.argv[1:]),
+                   _SWEEP.value, _ZIP.value, _SEEDS.value)
+  check_not_stale(runs)
+  pending = [r for r in runs if not is_finished(r)]
+  if _EMIT.value == "commands":
+    print("\n".join(shlex.join(r.command) for r in pending))
+    return
+  if _EMIT.value == "slurm":
+    if not pending:
+      print(f"All {len(runs)} runs under {root} are finished; nothing to submit.")
+      return
+    os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
+    path = os.path.join(root, "sweep.slurm")
+    with open(path, "w") as f:
+      f.write(slurm_script(pending, root, _PARALLEL.value, _SBATCH.value))
+    print(f"Wrote {path}: {len(pending)} array tasks. Submit with: sbatch {path}")
+    return
+  print(f"Sweep: {len(runs)} runs under {root}, {len(runs) - len(pending)} already finished; "
+        f"running {len(pending)}, {_PARALLEL.value} at a time.", flush=True)
+  outcomes = Executor(_PARALLEL.value).run_all(pending, report=lambda s: print(s, flush=True))
+  summarize(outcomes, len(runs) - len(pending))
+  print(f"\nResults: python -m launch.report {root}")
+  if any(o.status != "done" for o in outcomes):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

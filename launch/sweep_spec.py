@@ -1,0 +1,147 @@
+"""What a sweep is: axes of config overrides, expanded into named runs (pure, no I/O).
+
+An axis maps config fields to equally long lists of values: one field is a plain axis, several
+fields are zipped (their i-th values go together). The runs are the cartesian product of the
+axes, the first axis outermost. Values are kept as the text one would type after
+`--config.<field>=`, so every run is exactly a `launch.main` command line.
+
+An experiment config may define its own sweep next to get_config():
+
+    def get_sweep():
+      return [{"topology.name": ["ring", "torus", "complete"]},
+              {"algorithm.name": ["dfedavg", "dpsgd"]},
+              {"algorithm.lr": [0.1, 0.05], "algorithm.local_steps": [5, 10]},  # zipped
+              {"seed": [0, 1, 2]}]
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from typing import Any, Iterable, Sequence
+
+from ml_collections import config_dict
+
+Axis = dict[str, list[str]]  # field -> values (as command-line text); >1 field = zipped
+Overrides = tuple[tuple[str, str], ...]  # one run's swept (field, value) pairs, in axis order
+
+_MAX_NAME = 150  # leaves room under the usual 255-byte file-name limit
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
+
+
+def split_values(text: str) -> list[str]:
+  """'a,b,(16,),(32, 32)' -> ['a', 'b', '(16,)', '(32, 32)']: commas split only outside brackets."""
+  values, depth, current = [], 0, []
+  for ch in text:
+    if ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    if ch == "," and depth == 0:
+      values.append("".join(current).strip())
+      current = []
+    else:
+      current.append(ch)
+  values.append("".join(current).strip())
+  if any(not v for v in values):
+    raise ValueError(f"Empty value in {text!r}; expected comma-separated values like a,b,c.")
+  return values
+
+
+def parse_axis_flag(flag: str) -> tuple[str, list[str]]:
+  """'topology.name=ring,torus' -> ('topology.name', ['ring', 'torus'])."""
+  field, sep, values = flag.partition("=")
+  if not sep or not field.strip():
+    raise ValueError(f"Bad sweep axis {flag!r}; expected FIELD=V1,V2,... e.g. topology.name=ring,torus.")
+  field = field.strip().removeprefix("config.")
+  return field, split_values(values)
+
+
+def format_value(value: Any) -> str:
+  """A Python value from get_sweep() as the command-line text that parses back to it."""
+  if isinstance(value, str):
+    return value
+  if isinstance(value, (bool, int, float)):
+    return str(value)
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value))
+  raise ValueError(f"Cannot pass sweep value {value!r} ({type(value).__name__}) on the command "
+                   "line; use str, int, float, bool or tuple values.")
+
+
+def axes_from_config(spec: Iterable[dict[str, Sequence[Any]]]) -> list[Axis]:
+  """Normalizes the result of an experiment config's get_sweep()."""
+  axes = []
+  for axis in spec:
+    if not isinstance(axis, dict) or not axis:
+      raise ValueError(f"get_sweep() must return a list of non-empty dicts field -> values, got {axis!r}.")
+    normalized = {}
+    for field, values in axis.items():
+      if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"get_sweep(): values of {field!r} must be a list, got {values!r}.")
+      normalized[field] = [format_value(v) for v in values]
+    axes.append(normalized)
+  return axes
+
+
+def zipped_axis(flags: Sequence[str]) -> Axis:
+  """The --zip flags as one zipped axis."""
+  return dict(parse_axis_flag(f) for f in flags)
+
+
+def merge_axes(base: list[Axis], extra: list[Axis]) -> list[Axis]:
+  """`extra` axes (command line) replace `base` axes (config file) over the same fields and are
+  appended otherwise; a partial overlap is ambiguous and refused."""
+  axes = list(base)
+  for axis in extra:
+    same = [i for i, a in enumerate(axes) if set(a) == set(axis)]
+    if same:
+      axes[same[0]] = axis
+      continue
+    for a in axes:
+      if set(a) & set(axis):
+        raise ValueError(f"Sweep axis over {sorted(axis)} overlaps the axis over {sorted(a)}; "
+                         "give the whole axis again with the same fields.")
+    axes.append(axis)
+  return axes
+
+
+def check_axes(axes: list[Axis], config: config_dict.ConfigDict, fixed: Iterable[str] = ()) -> None:
+  """Every field exists in the config, zipped lists match in length, no field is set twice."""
+  seen = set(fixed)
+  for axis in axes:
+    lengths = {f: len(v) for f, v in axis.items()}
+    if len(set(lengths.values())) > 1:
+      raise ValueError(f"Zipped sweep fields need equally many values, got {lengths}.")
+    for field in axis:
+      node = config
+      for part in field.split("."):
+        if not isinstance(node, config_dict.ConfigDict) or part not in node:
+          raise ValueError(f"Sweep field {field!r} is not a field of the config "
+                           f"(no {part!r} there); check the spelling against the config file.")
+        node = node[part]
+      if field in seen:
+        raise ValueError(f"Field {field!r} is set twice (two axes, or an axis and --config.{field}).")
+      seen.add(field)
+
+
+def expand(axes: list[Axis]) -> list[Overrides]:
+  """The runs of a sweep: cartesian product over axes, zip within an axis."""
+  per_axis = [[tuple(zip(axis, combo)) for combo in zip(*axis.values())] for axis in axes]
+  return [tuple(itertools.chain.from_iterable(parts)) for parts in itertools.product(*per_axis)]
+
+
+def run_name(overrides: Overrides) -> str:
+  """A stable, file-system-safe directory name, e.g. 'topology.name=ring__seed=0'.
+
+  Characters outside [A-Za-z0-9._,=+-] become '_'; when that (or shortening a long name) loses
+  information, a hash of the full text is appended so that distinct runs keep distinct names.
+  """
+  if not overrides:
+    return "base"
+  text = "__".join(f"{field}={value}" for field, value in overrides)
+  safe = _UNSAFE.sub("_", text)
+  if safe != text or len(safe) > _MAX_NAME:
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    safe = f"{safe[:_MAX_NAME]}__{digest}"
+  return safe
