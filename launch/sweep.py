@@ -46,8 +46,13 @@ _EMIT = flags.DEFINE_enum("emit", None, ["commands", "slurm"],
                           "Do not run: print the pending commands, or write ROOT/sweep.slurm.")
 _SBATCH = flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH option for --emit=slurm, "
                                     "e.g. --sbatch=--gres=gpu:1 --sbatch=--time=4:00:00.")
+_SHARE_CACHE = flags.DEFINE_bool("share_compilation_cache", True,
+                                  "Runs share a persistent XLA compilation cache in ROOT/.jax_cache "
+                                  "(unless JAX_COMPILATION_CACHE_DIR is set): runs that differ only in "
+                                  "seed or graph (same N, dense W) compile once.")
 flags.mark_flags_as_required(["config", "root"])
 
+CACHE_DIR = ".jax_cache"
 LOG_NAME = "run.log"
 RECORD_NAME = "sweep_run.json"  # which command made this workdir (to refuse mixing sweeps)
 TAIL_LINES = 6
@@ -148,12 +153,14 @@ class Executor:
   """Runs launch.main subprocesses, `parallel` at a time; Ctrl-C stops them all (SIGTERM, so a
   run can checkpoint on the way out) and leaves their workdirs to be resumed."""
 
-  def __init__(self, parallel: int):
+  def __init__(self, parallel: int, compilation_cache: str | None = None):
     self.parallel = parallel
     self.stopping = threading.Event()
     self._procs: set[subprocess.Popen] = set()
     self._lock = threading.Lock()
     self.env = dict(os.environ)
+    if compilation_cache:
+      self.env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(compilation_cache))
     if parallel > 1:  # runs sharing one accelerator must not each grab most of its memory
       self.env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -214,13 +221,18 @@ def _progress_line(i: int, n: int, outcome: Outcome) -> str:
   return line
 
 
-def slurm_script(runs: list[Run], root: str, parallel: int, sbatch: list[str]) -> str:
+def slurm_script(runs: list[Run], root: str, parallel: int, sbatch: list[str],
+                 compilation_cache: str | None = None) -> str:
   """A SLURM job array running one pending run per task, from this checkout."""
   lines = ["#!/bin/bash", f"#SBATCH --job-name=dfl-{os.path.basename(os.path.abspath(root))}",
            f"#SBATCH --array=0-{len(runs) - 1}" + (f"%{parallel}" if parallel > 1 else ""),
            f"#SBATCH --output={os.path.abspath(os.path.join(root, 'slurm'))}/%A_%a.log",
            *(f"#SBATCH {opt}" for opt in sbatch), "set -euo pipefail",
-           f"cd {shlex.quote(os.getcwd())}", "COMMANDS=("]
+           f"cd {shlex.quote(os.getcwd())}"]
+  if compilation_cache:
+    lines.append("export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-"
+                 f"{shlex.quote(os.path.abspath(compilation_cache))}}}")
+  lines.append("COMMANDS=(")
   lines += [f"  {shlex.quote(shlex.join(run.command))}" for run in runs]
   lines += [")", 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', ""]
   return "\n".join(lines)
@@ -247,6 +259,7 @@ def main(argv):
                    _SWEEP.value, _ZIP.value, _SEEDS.value)
   check_not_stale(runs)
   pending = [r for r in runs if not is_finished(r)]
+  cache = os.path.join(root, CACHE_DIR) if _SHARE_CACHE.value else None
   if _EMIT.value == "commands":
     print("\n".join(shlex.join(r.command) for r in pending))
     return
@@ -257,12 +270,12 @@ def main(argv):
     os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
     path = os.path.join(root, "sweep.slurm")
     with open(path, "w") as f:
-      f.write(slurm_script(pending, root, _PARALLEL.value, _SBATCH.value))
+      f.write(slurm_script(pending, root, _PARALLEL.value, _SBATCH.value, cache))
     print(f"Wrote {path}: {len(pending)} array tasks. Submit with: sbatch {path}")
     return
   print(f"Sweep: {len(runs)} runs under {root}, {len(runs) - len(pending)} already finished; "
         f"running {len(pending)}, {_PARALLEL.value} at a time.", flush=True)
-  outcomes = Executor(_PARALLEL.value).run_all(pending, report=lambda s: print(s, flush=True))
+  outcomes = Executor(_PARALLEL.value, cache).run_all(pending, report=lambda s: print(s, flush=True))
   summarize(outcomes, len(runs) - len(pending))
   print(f"\nResults: python -m launch.report {root}")
   if any(o.status != "done" for o in outcomes):

@@ -1,0 +1,76 @@
+"""launch.report on hand-made run directories: every number is checked against the files."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from launch import report
+
+
+def write_run(path, config, accuracies, comm_step, wall, finished=True):
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps(config))
+  with open(path / "metrics.jsonl", "w") as f:
+    for i, acc in enumerate(accuracies):
+      f.write(json.dumps({"round": 5 * i, "test_accuracy": acc, "comm_bytes": comm_step * i,
+                          "wall_seconds": wall * i / (len(accuracies) - 1)}) + "\n")
+  if finished:
+    (path / "summary.json").write_text(json.dumps({"wall_seconds": wall}))
+
+
+def config(topology, seed):
+  return {"seed": seed, "topology": {"name": topology, "weights": "mh"},
+          "model": {"hidden": [16]}, "logging": {"tensorboard": seed == 1}}
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+  curves = {("ring", 0): [0.1, 0.5, 0.7, 0.6], ("ring", 1): [0.1, 0.3, 0.6, 0.8],
+            ("complete", 0): [0.1, 0.8, 0.9, 0.9], ("complete", 1): [0.1, 0.7, 0.85, 0.95]}
+  for (topology, seed), accs in curves.items():
+    write_run(tmp_path / f"{topology}__seed={seed}", config(topology, seed), accs,
+              comm_step=1000 if topology == "ring" else 3000, wall=2.0 + seed)
+  write_run(tmp_path / "unfinished", config("torus", 0), [0.1, 0.2], 10, 1.0, finished=False)
+  return tmp_path, curves
+
+
+def test_one_row_per_setting_with_stats_over_seeds(runs_dir):
+  root, curves = runs_dir
+  markdown, rows = report.make_report(str(root), target=0.75)
+  assert [r["topology.name"] for r in rows] == ["complete", "ring"]  # torus is unfinished
+  ring = rows[1]
+  assert ring["seeds"] == 2
+  assert ring["final_mean"] == pytest.approx(0.7)
+  assert ring["final_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+  assert ring["best_mean"] == pytest.approx(0.75)  # max(0.7) and max(0.8)
+  assert ring["reached_target"] == 1 and ring["rounds_to_target_mean"] == 15  # seed 1, 4th eval
+  assert rows[0]["reached_target"] == 2 and rows[0]["rounds_to_target_mean"] == 7.5  # rounds 5, 10
+  assert ring["comm_bytes_mean"] == 3000 and rows[0]["comm_bytes_mean"] == 9000
+  assert ring["wall_seconds_mean"] == pytest.approx(2.5)
+  assert "| ring | 2 | 0.7000 ± 0.1414 | 0.7500 ± 0.0707 | 15.0 (1/2 seeds) |" in markdown
+  assert "1 unfinished run(s) left out" in markdown
+  with open(root / "report.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["topology.name"] for r in table] == ["complete", "ring"]
+  assert float(table[1]["final_mean"]) == pytest.approx(0.7)
+  assert (root / "report.png").stat().st_size > 10_000
+
+
+def test_unfinished_runs_included_on_request_and_target_optional(runs_dir):
+  root, _ = runs_dir
+  markdown, rows = report.make_report(str(root), include_unfinished=True, out=str(root / "out"))
+  assert [r["topology.name"] for r in rows] == ["complete", "ring", "torus"]
+  assert rows[2]["final_mean"] == pytest.approx(0.2) and rows[2]["seeds"] == 1
+  assert "rounds to" not in markdown and "rounds_to_target_mean" not in rows[0]
+  assert (root / "out" / "report.csv").exists()
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="No finished runs"):
+    report.make_report(str(tmp_path))
+  assert math.isnan(report.setting_row(
+      report.Setting({}, [report.RunResult("x", {}, [{"round": 0, "test_accuracy": 0.1,
+                                                      "comm_bytes": 0, "wall_seconds": 0}], None)]),
+      "test_accuracy", 0.5)["rounds_to_target_mean"])

@@ -1,0 +1,77 @@
+"""launch.sweep for real: launch.main subprocesses on digits with a tiny model.
+
+Few subprocesses on purpose (each starts JAX, ~3-10 s): a 2x2x2 sweep, run twice, and a 2-run
+sweep with one bad override.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from launch import report
+
+TINY = ["--config.num_nodes=4", "--config.model.hidden=(16,)", "--config.algorithm.local_steps=2",
+        "--config.algorithm.batch_size=8", "--config.train.rounds=4", "--config.eval.every_rounds=2",
+        "--config.eval.local_examples=100"]
+
+
+def sweep(root, *args):
+  cmd = [sys.executable, "-m", "launch.sweep", "--config=experiments/configs/default.py",
+         f"--root={root}", "--parallel=2", *args, *TINY]
+  # Cache even the tiny programs of this test (by default only those compiling for > 1 s).
+  env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_sweep_runs_skips_finished_and_report_matches_metrics(tmp_path):
+  axes = ["--sweep=topology.name=ring,complete", "--sweep=algorithm.name=dfedavg,dpsgd", "--seeds=0,1"]
+  first = sweep(tmp_path, *axes)
+  assert first.returncode == 0, first.stdout + first.stderr
+  assert "8 done, 0 already finished (skipped), 0 failed" in first.stdout
+  names = sorted(n for n in os.listdir(tmp_path) if not n.startswith("."))
+  assert os.listdir(tmp_path / ".jax_cache")  # the runs shared a compilation cache
+  assert len(names) == 8 and "topology.name=ring__algorithm.name=dpsgd__seed=1" in names
+  logs = {n: os.path.getmtime(tmp_path / n / "run.log") for n in names}
+
+  second = sweep(tmp_path, *axes)
+  assert second.returncode == 0, second.stdout + second.stderr
+  assert "0 done, 8 already finished (skipped), 0 failed" in second.stdout
+  assert logs == {n: os.path.getmtime(tmp_path / n / "run.log") for n in names}
+
+  # Each run really got its overrides.
+  config = json.loads((tmp_path / "topology.name=complete__algorithm.name=dpsgd__seed=1" /
+                       "config.json").read_text())
+  assert (config["topology"]["name"], config["algorithm"]["name"], config["seed"]) == ("complete", "dpsgd", 1)
+
+  # The report's rows, recomputed here from the metrics files.
+  _, rows = report.make_report(str(tmp_path), target=0.15)
+  assert [(r["algorithm.name"], r["topology.name"], r["seeds"]) for r in rows] == [
+      ("dfedavg", "complete", 2), ("dfedavg", "ring", 2), ("dpsgd", "complete", 2), ("dpsgd", "ring", 2)]
+  for row in rows:
+    records = [[json.loads(l) for l in open(tmp_path / (f"topology.name={row['topology.name']}__"
+                                                         f"algorithm.name={row['algorithm.name']}__seed={s}")
+                                            / "metrics.jsonl")] for s in (0, 1)]
+    final = [r[-1]["test_accuracy"] for r in records]
+    assert row["final_mean"] == pytest.approx(np.mean(final))
+    assert row["final_std"] == pytest.approx(np.std(final, ddof=1))
+    assert row["best_mean"] == pytest.approx(np.mean([max(x["test_accuracy"] for x in r) for r in records]))
+    assert row["comm_bytes_mean"] == records[0][-1]["comm_bytes"] > 0
+    reached = [next((x["round"] for x in r if x["test_accuracy"] >= 0.15), None) for r in records]
+    reached = [t for t in reached if t is not None]
+    assert row["reached_target"] == len(reached)
+  assert (tmp_path / "report.png").exists() and (tmp_path / "report.csv").exists()
+
+
+def test_a_failing_run_is_reported_and_the_others_complete(tmp_path):
+  result = sweep(tmp_path, "--sweep=topology.name=nosuchgraph,ring")
+  assert result.returncode == 1
+  assert "1 done, 0 already finished (skipped), 1 failed" in result.stdout
+  assert "FAILED topology.name=nosuchgraph" in result.stdout
+  assert "Unknown topology.name='nosuchgraph'" in result.stdout  # the run's own error, from its log
+  assert (tmp_path / "topology.name=ring" / "summary.json").exists()
+  assert not (tmp_path / "topology.name=nosuchgraph" / "summary.json").exists()
+  assert "Unknown topology.name" in (tmp_path / "topology.name=nosuchgraph" / "run.log").read_text()
