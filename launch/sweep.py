@@ -46,6 +46,8 @@ _EMIT = flags.DEFINE_enum("emit", None, ["commands", "slurm"],
                           "Do not run: print the pending commands, or write ROOT/sweep.slurm.")
 _SBATCH = flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH option for --emit=slurm, "
                                     "e.g. --sbatch=--gres=gpu:1 --sbatch=--time=4:00:00.")
+_BATCH_SEEDS = flags.DEFINE_bool("batch_seeds", False, "Run the seeds of each setting together in "
+                                 "one compiled program (launch.main --seeds; dfl/batched.py).")
 _SHARE_CACHE = flags.DEFINE_bool("share_compilation_cache", True,
                                   "Runs share a persistent XLA compilation cache in ROOT/.jax_cache "
                                   "(unless JAX_COMPILATION_CACHE_DIR is set): runs that differ only in "
@@ -54,15 +56,17 @@ flags.mark_flags_as_required(["config", "root"])
 
 CACHE_DIR = ".jax_cache"
 LOG_NAME = "run.log"
-RECORD_NAME = "sweep_run.json"  # which command made this workdir (to refuse mixing sweeps)
+RECORD_NAME = "sweep.json"  # the root's config file and --config flags (to refuse mixing sweeps)
 TAIL_LINES = 6
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
+  """One launch.main process: a single run, or (--batch_seeds) several seeds of one setting."""
   name: str
-  workdir: str
+  workdir: str  # holds run.log and sweep_run.json
   command: tuple[str, ...]
+  outputs: tuple[str, ...]  # the run workdirs; finished when each has a summary.json
 
 
 @dataclasses.dataclass
@@ -113,32 +117,64 @@ def plan_runs(config, config_arg: str, root: str, base_flags: list[str], sweep_f
   sweep_spec.check_axes(axes, config, fixed)
   runs = []
   for overrides in sweep_spec.expand(axes):
-    workdir = os.path.join(root, sweep_spec.run_name(overrides))
+    workdir = run_workdir(root, overrides)
     command = (sys.executable, "-m", "launch.main", f"--config={config_arg}", f"--workdir={workdir}",
                *base_flags, *(f"--config.{field}={value}" for field, value in overrides))
-    runs.append(Run(sweep_spec.run_name(overrides), workdir, command))
-  names = [r.name for r in runs]
-  if len(set(names)) != len(names):
+    runs.append(Run(os.path.relpath(workdir, root), workdir, command, (workdir,)))
+  if len({r.workdir for r in runs}) != len(runs):
     raise ValueError("Two runs of the sweep map to one workdir; are some values repeated?")
   return runs
 
 
-def is_finished(run: Run) -> bool:
-  return os.path.exists(os.path.join(run.workdir, "summary.json"))
+def run_workdir(root: str, overrides: sweep_spec.Overrides) -> str:
+  """ROOT/<setting name>/seed=<seed> when the seed is swept, else ROOT/<setting name>."""
+  setting = tuple((f, v) for f, v in overrides if f != "seed")
+  seed = [v for f, v in overrides if f == "seed"]
+  path = os.path.join(root, sweep_spec.run_name(setting))
+  return os.path.join(path, sweep_spec.run_name((("seed", seed[0]),))) if seed else path
 
 
-def check_not_stale(runs: list[Run]) -> None:
-  """Refuses to mix runs of different base settings in one root (a skipped run would be stale)."""
-  stale = []
+def batch_seeds(runs: list[Run]) -> list[Run]:
+  """Groups the runs of each setting into one launch.main --seeds process (dfl/batched.py)."""
+  groups: dict[str, list[Run]] = {}
   for run in runs:
-    path = os.path.join(run.workdir, RECORD_NAME)
-    if os.path.exists(path):
-      with open(path) as f:
-        if json.load(f)["command"][2:] != list(run.command[2:]):
-          stale.append(run.workdir)
-  if stale:
-    raise ValueError(f"{len(stale)} workdir(s), e.g. {stale[0]}, were made by a different command "
-                     f"(other --config flags?); see {RECORD_NAME} there. Use a new --root.")
+    seed = [t.split("=", 1)[1] for t in run.command if t.startswith("--config.seed=")]
+    if not seed:
+      raise ValueError("--batch_seeds needs a seed axis (--seeds=0,1,2 or 'seed' in get_sweep()).")
+    groups.setdefault(os.path.dirname(run.workdir), []).append(run)
+  batched = []
+  for setting_dir, members in groups.items():
+    seeds = [next(t for t in r.command if t.startswith("--config.seed=")).split("=", 1)[1]
+             for r in members]
+    template = os.path.join(setting_dir, "seed={seed}")
+    command = tuple(t if not t.startswith("--workdir=") else f"--workdir={template}"
+                    for t in members[0].command if not t.startswith("--config.seed="))
+    command += (f"--seeds={','.join(seeds)}",)
+    name = f"{os.path.basename(setting_dir)} (seeds {','.join(seeds)})"
+    batched.append(Run(name, setting_dir, command, tuple(r.workdir for r in members)))
+  return batched
+
+
+def is_finished(run: Run) -> bool:
+  return all(os.path.exists(os.path.join(w, "summary.json")) for w in run.outputs)
+
+
+def check_same_base(root: str, config_arg: str, base_flags: list[str], record: bool) -> None:
+  """Refuses to add runs with other base settings to a root (a finished run would be skipped
+  although it no longer matches); records the base settings of a new root."""
+  path = os.path.join(root, RECORD_NAME)
+  base = {"config": config_arg, "flags": base_flags}
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous != base:
+      raise ValueError(f"{root} holds a sweep of --config={previous['config']} with "
+                       f"{previous['flags']}, not --config={config_arg} with {base_flags}. Use a "
+                       "new --root, or sweep the differing field as an axis.")
+  elif record:
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(base, f, indent=2)
 
 
 def _tail(log_path: str, start: int) -> str:
@@ -168,8 +204,6 @@ class Executor:
     if self.stopping.is_set():
       return Outcome(run, "not started")
     os.makedirs(run.workdir, exist_ok=True)
-    with open(os.path.join(run.workdir, RECORD_NAME), "w") as f:
-      json.dump({"command": list(run.command)}, f, indent=2)
     log_path = os.path.join(run.workdir, LOG_NAME)
     start = time.perf_counter()
     with open(log_path, "a") as log:
@@ -214,8 +248,11 @@ class Executor:
 def _progress_line(i: int, n: int, outcome: Outcome) -> str:
   line = f"[{i}/{n}] {outcome.status:<6} {outcome.seconds:7.1f}s  {outcome.run.name}"
   if outcome.status == "done":
-    with open(os.path.join(outcome.run.workdir, "summary.json")) as f:
-      line += f"  final accuracy {json.load(f)['final_test_accuracy']:.4f}"
+    accuracy = []
+    for workdir in outcome.run.outputs:
+      with open(os.path.join(workdir, "summary.json")) as f:
+        accuracy.append(json.load(f)["final_test_accuracy"])
+    line += f"  final accuracy {sum(accuracy) / len(accuracy):.4f}"
   else:
     line += f"  (exit {outcome.returncode}; log: {os.path.join(outcome.run.workdir, LOG_NAME)})"
   return line
@@ -255,10 +292,13 @@ def main(argv):
     raise app.UsageError(f"--parallel must be >= 1, got {_PARALLEL.value}.")
   root = _ROOT.value
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
-  runs = plan_runs(_CONFIG.value, config_arg, root, config_override_tokens(sys.argv[1:]),
-                   _SWEEP.value, _ZIP.value, _SEEDS.value)
-  check_not_stale(runs)
+  base_flags = config_override_tokens(sys.argv[1:])
+  runs = plan_runs(_CONFIG.value, config_arg, root, base_flags, _SWEEP.value, _ZIP.value,
+                   _SEEDS.value)
+  check_same_base(root, config_arg, base_flags, record=_EMIT.value != "commands")
   pending = [r for r in runs if not is_finished(r)]
+  if _BATCH_SEEDS.value:
+    runs, pending = batch_seeds(runs), batch_seeds(pending)
   cache = os.path.join(root, CACHE_DIR) if _SHARE_CACHE.value else None
   if _EMIT.value == "commands":
     print("\n".join(shlex.join(r.command) for r in pending))

@@ -32,9 +32,10 @@ def test_sweep_runs_skips_finished_and_report_matches_metrics(tmp_path):
   first = sweep(tmp_path, *axes)
   assert first.returncode == 0, first.stdout + first.stderr
   assert "8 done, 0 already finished (skipped), 0 failed" in first.stdout
-  names = sorted(n for n in os.listdir(tmp_path) if not n.startswith("."))
   assert os.listdir(tmp_path / ".jax_cache")  # the runs shared a compilation cache
-  assert len(names) == 8 and "topology.name=ring__algorithm.name=dpsgd__seed=1" in names
+  settings = sorted(n for n in os.listdir(tmp_path) if n.startswith("topology"))
+  assert len(settings) == 4 and "topology.name=ring__algorithm.name=dpsgd" in settings
+  names = [f"{s}/seed={seed}" for s in settings for seed in (0, 1)]
   logs = {n: os.path.getmtime(tmp_path / n / "run.log") for n in names}
 
   second = sweep(tmp_path, *axes)
@@ -43,7 +44,7 @@ def test_sweep_runs_skips_finished_and_report_matches_metrics(tmp_path):
   assert logs == {n: os.path.getmtime(tmp_path / n / "run.log") for n in names}
 
   # Each run really got its overrides.
-  config = json.loads((tmp_path / "topology.name=complete__algorithm.name=dpsgd__seed=1" /
+  config = json.loads((tmp_path / "topology.name=complete__algorithm.name=dpsgd" / "seed=1" /
                        "config.json").read_text())
   assert (config["topology"]["name"], config["algorithm"]["name"], config["seed"]) == ("complete", "dpsgd", 1)
 
@@ -53,7 +54,7 @@ def test_sweep_runs_skips_finished_and_report_matches_metrics(tmp_path):
       ("dfedavg", "complete", 2), ("dfedavg", "ring", 2), ("dpsgd", "complete", 2), ("dpsgd", "ring", 2)]
   for row in rows:
     records = [[json.loads(l) for l in open(tmp_path / (f"topology.name={row['topology.name']}__"
-                                                         f"algorithm.name={row['algorithm.name']}__seed={s}")
+                                                         f"algorithm.name={row['algorithm.name']}/seed={s}")
                                             / "metrics.jsonl")] for s in (0, 1)]
     final = [r[-1]["test_accuracy"] for r in records]
     assert row["final_mean"] == pytest.approx(np.mean(final))
@@ -75,3 +76,17 @@ def test_a_failing_run_is_reported_and_the_others_complete(tmp_path):
   assert (tmp_path / "topology.name=ring" / "summary.json").exists()
   assert not (tmp_path / "topology.name=nosuchgraph" / "summary.json").exists()
   assert "Unknown topology.name" in (tmp_path / "topology.name=nosuchgraph" / "run.log").read_text()
+
+
+def test_batched_seeds_sweep_runs_each_setting_in_one_process(tmp_path):
+  result = sweep(tmp_path, "--sweep=algorithm.name=dfedavg", "--seeds=0,1", "--batch_seeds")
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "1 done, 0 already finished (skipped), 0 failed" in result.stdout
+  setting = tmp_path / "algorithm.name=dfedavg"
+  assert "--seeds=0,1" in (setting / "run.log").read_text()  # one process for both seeds
+  for seed in (0, 1):
+    summary = json.loads((setting / f"seed={seed}" / "summary.json").read_text())
+    assert summary["batched_seeds"] == [0, 1]
+    assert json.loads((setting / f"seed={seed}" / "config.json").read_text())["seed"] == seed
+  again = sweep(tmp_path, "--sweep=algorithm.name=dfedavg", "--seeds=0,1")  # unbatched: same dirs
+  assert "0 done, 2 already finished (skipped), 0 failed" in again.stdout

@@ -1,0 +1,82 @@
+"""Batched seeds (dfl/batched.py): one vmapped program gives each seed the metrics of its own run."""
+import json
+
+import numpy as np
+import pytest
+
+import topologies
+from dfl import train
+from dfl.batched import check_same_program, stacked_data, train_and_evaluate_seeds
+from dfl.local import NodeData
+from dfl.train import build_experiment, mixing_operator
+from conftest import tiny_config
+
+EXACT = {"round", "comm_transfers", "comm_bytes", "comm_bytes_max_node"}
+
+
+def read(path):
+  return [json.loads(line) for line in open(path)]
+
+
+def assert_same_metrics(batched, separate):
+  assert len(batched) == len(separate)
+  for b, s in zip(batched, separate):
+    assert set(b) == set(s)
+    for key in b:
+      if key in EXACT:
+        assert b[key] == s[key], (key, b["round"])
+      elif key != "wall_seconds" and s[key] is not None:
+        # Batched ops may round differently in the last bit of float32; one test sample more or
+        # less would move an accuracy by 5e-4, far outside this tolerance.
+        assert b[key] == pytest.approx(s[key], rel=1e-5, abs=1e-7), (key, b["round"])
+
+
+_make_topology = topologies.make
+
+
+def permuted_ring(name, n, *, seed, **kwargs):
+  """A seed-dependent graph (nodes placed on the ring in a random order) for the per-seed W path."""
+  base = _make_topology("ring", n, seed=seed, **kwargs)
+  p = np.random.default_rng(seed).permutation(n)
+  return topologies.Topology(name, n, lambda t: base.matrix(t)[np.ix_(p, p)])
+
+
+@pytest.mark.parametrize("algorithm,seed_graph", [("dfedavg", False), ("dpsgd", True)])
+def test_batched_seeds_equal_separate_runs(tmp_path, monkeypatch, algorithm, seed_graph):
+  if seed_graph:
+    monkeypatch.setattr(train.topologies, "make", permuted_ring)
+  config = tiny_config(algorithm__name=algorithm, data__partition="dirichlet")
+  seeds = [0, 3]
+  summaries = train_and_evaluate_seeds(config, seeds, [str(tmp_path / f"b{s}") for s in seeds])
+  for seed, summary in zip(seeds, summaries):
+    config.seed = seed
+    separate = train.train_and_evaluate(config, str(tmp_path / f"s{seed}"))
+    assert_same_metrics(read(tmp_path / f"b{seed}" / "metrics.jsonl"),
+                        read(tmp_path / f"s{seed}" / "metrics.jsonl"))
+    assert summary["final_test_accuracy"] == pytest.approx(separate["final_test_accuracy"], rel=1e-5)
+    assert summary["batched_seeds"] == seeds
+    assert json.loads((tmp_path / f"b{seed}" / "config.json").read_text())["seed"] == seed
+
+
+def test_shards_of_each_seed_padded_to_a_common_width():
+  exps = [build_experiment(tiny_config(seed=s, data__partition="dirichlet")) for s in (0, 1)]
+  assert exps[0].data.indices.shape != exps[1].data.indices.shape  # else this test shows nothing
+  data = stacked_data(exps)
+  for s, exp in enumerate(exps):
+    assert np.array_equal(data.sizes[s], exp.data.sizes)
+    width = exp.data.indices.shape[1]
+    assert np.array_equal(data.indices[s][:, :width], exp.data.indices)
+
+
+def test_algorithms_that_differ_between_seeds_are_refused():
+  exps = [build_experiment(tiny_config(seed=0)), build_experiment(tiny_config(seed=1, algorithm__lr=0.2))]
+  state = exps[0].algorithm.init(exps[0].init_params)
+  mixing = mixing_operator(exps[0].topology, 0, sparse=False)
+  check_same_program(exps[:1] * 2, state, exps[0].data, mixing)  # same algorithm: accepted
+  with pytest.raises(ValueError, match="cannot share one program"):
+    check_same_program(exps, state, exps[0].data, mixing)
+
+
+def test_seeds_and_workdirs_must_match(tmp_path):
+  with pytest.raises(ValueError, match="one workdir per distinct seed"):
+    train_and_evaluate_seeds(tiny_config(), [0, 0], [str(tmp_path / "a"), str(tmp_path / "b")])
