@@ -313,8 +313,10 @@ def main(argv):
       f.write(slurm_script(pending, root, _PARALLEL.value, _SBATCH.value, cache))
     print(f"Wrote {path}: {len(pending)} array tasks. Submit with: sbatch {path}")
     return
-  print(f"Sweep: {len(runs)} runs under {root}, {len(runs) - len(pending)} already finished; "
-        f"running {len(pending)}, {_PARALLEL.value} at a time.", flush=True)
+  total, todo = (sum(len(r.outputs) for r in rs) for rs in (runs, pending))
+  print(f"Sweep: {total} runs under {root}, {total - todo} already finished; running {todo}"
+        + (f" in {len(pending)} batched processes" if _BATCH_SEEDS.value else "")
+        + f", {_PARALLEL.value} at a time.", flush=True)
   outcomes = Executor(_PARALLEL.value, cache).run_all(pending, report=lambda s: print(s, flush=True))
   summarize(outcomes, len(runs) - len(pending))
   print(f"\nResults: python -m launch.report {root}")
