@@ -293,12 +293,15 @@ def main(argv):
   root = _ROOT.value
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   base_flags = config_override_tokens(sys.argv[1:])
-  runs = plan_runs(_CONFIG.value, config_arg, root, base_flags, _SWEEP.value, _ZIP.value,
-                   _SEEDS.value)
-  check_same_base(root, config_arg, base_flags, record=_EMIT.value != "commands")
-  pending = [r for r in runs if not is_finished(r)]
-  if _BATCH_SEEDS.value:
-    runs, pending = batch_seeds(runs), batch_seeds(pending)
+  try:
+    runs = plan_runs(_CONFIG.value, config_arg, root, base_flags, _SWEEP.value, _ZIP.value,
+                     _SEEDS.value)
+    check_same_base(root, config_arg, base_flags, record=_EMIT.value != "commands")
+    pending = [r for r in runs if not is_finished(r)]
+    if _BATCH_SEEDS.value:
+      runs, pending = batch_seeds(runs), batch_seeds(pending)
+  except ValueError as e:  # a bad sweep: say what is wrong, no traceback
+    sys.exit(f"launch.sweep: {e}")
   cache = os.path.join(root, CACHE_DIR) if _SHARE_CACHE.value else None
   if _EMIT.value == "commands":
     print("\n".join(shlex.join(r.command) for r in pending))
