@@ -29,8 +29,8 @@ from tqdm import tqdm
 from dfl.algorithms.base import RoundInputs
 from dfl.local import NodeData
 from dfl.metric_writers import make_metric_writer
-from dfl.train import (CommCounter, Experiment, build_experiment, evaluation_record, make_summary,
-                       mixing_operator, use_sparse_mixing)
+from dfl.train import (CommCounter, Experiment, _before_merge, build_experiment, evaluation_record,
+                       make_summary, mixing_operator, use_sparse_mixing)
 
 _stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -118,9 +118,11 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
     configs.append(c)
   exps = [build_experiment(c) for c in configs]
   exp0 = exps[0]
-  if any(e.topology.time_varying != exp0.topology.time_varying for e in exps):
-    raise ValueError("Seeds disagree on whether the graph is time-varying.")
-  sparse_S = {use_sparse_mixing(config.topology.mixing_form, e.topology.matrix(0)) for e in exps}
+  if any((e.topology.time_varying, e.topology.dense_rounds) !=
+         (exp0.topology.time_varying, exp0.topology.dense_rounds) for e in exps):
+    raise ValueError("Seeds disagree on whether the graph is time-varying or on its schedule.")
+  merge_start = exp0.topology.dense_rounds[0] if exp0.topology.dense_rounds else None
+  sparse_S = {use_sparse_mixing(config.topology.mixing_form, e.topology) for e in exps}
   if len(sparse_S) > 1:
     raise ValueError("Seeds' graphs choose different mixing forms; set topology.mixing_form.")
   sparse = sparse_S.pop()
@@ -159,6 +161,8 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
       done = 0
       while done < rounds:
         length = min(every, rounds - done)
+        if merge_start is not None and done < merge_start < done + length:
+          length = merge_start - done  # as train_and_evaluate: evaluate right before the merge
         mixing, per_seed = _mixing(exps, range(done, done + length), sparse)
         rounds_R = jnp.arange(done, done + length, dtype=jnp.int32)
         state, metrics = run_chunk(state, data, train_key_S, rounds_R, mixing,
@@ -182,7 +186,10 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
   wall = time.perf_counter() - start
   summaries = []
   for s, workdir in enumerate(workdirs):
-    summary = {**make_summary(records[s], rounds, wall), "batched_seeds": [int(x) for x in seeds]}
+    summary = make_summary(records[s], rounds, wall)
+    if merge_start is not None:
+      summary.update(_before_merge(records[s], merge_start))
+    summary["batched_seeds"] = [int(x) for x in seeds]
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     summaries.append(summary)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 from launch import report
 
 TINY = ["--config.num_nodes=4", "--config.model.hidden=(16,)", "--config.algorithm.local_steps=2",

@@ -4,12 +4,10 @@ import json
 import numpy as np
 import pytest
 
-import topologies
 from dfl import train
 from dfl.batched import check_same_program, stacked_data, train_and_evaluate_seeds
-from dfl.local import NodeData
 from dfl.train import build_experiment, mixing_operator
-from conftest import tiny_config
+from tests.conftest import tiny_config
 
 EXACT = {"round", "comm_transfers", "comm_bytes", "comm_bytes_max_node"}
 
@@ -31,21 +29,15 @@ def assert_same_metrics(batched, separate):
         assert b[key] == pytest.approx(s[key], rel=1e-5, abs=1e-7), (key, b["round"])
 
 
-_make_topology = topologies.make
-
-
-def permuted_ring(name, n, *, seed, **kwargs):
-  """A seed-dependent graph (nodes placed on the ring in a random order) for the per-seed W path."""
-  base = _make_topology("ring", n, seed=seed, **kwargs)
-  p = np.random.default_rng(seed).permutation(n)
-  return topologies.Topology(name, n, lambda t: base.matrix(t)[np.ix_(p, p)])
-
-
-@pytest.mark.parametrize("algorithm,seed_graph", [("dfedavg", False), ("dpsgd", True)])
-def test_batched_seeds_equal_separate_runs(tmp_path, monkeypatch, algorithm, seed_graph):
-  if seed_graph:
-    monkeypatch.setattr(train.topologies, "make", permuted_ring)
-  config = tiny_config(algorithm__name=algorithm, data__partition="dirichlet")
+# One static graph shared by the seeds; a time-varying graph drawn per seed (W stacked over seeds
+# and rounds) with a final global merge (a chunk boundary and before-merge figures).
+@pytest.mark.parametrize("algorithm,graph", [
+    ("dfedavg", dict()),
+    ("dpsgd", dict(topology__name="random_neighbors", topology__degree=2,
+                   topology__schedule="final_merge"))])
+def test_batched_seeds_equal_separate_runs(tmp_path, algorithm, graph):
+  config = tiny_config(algorithm__name=algorithm, data__partition="dirichlet", train__rounds=5,
+                       **graph)
   seeds = [0, 3]
   summaries = train_and_evaluate_seeds(config, seeds, [str(tmp_path / f"b{s}") for s in seeds])
   for seed, summary in zip(seeds, summaries):
@@ -55,6 +47,7 @@ def test_batched_seeds_equal_separate_runs(tmp_path, monkeypatch, algorithm, see
                         read(tmp_path / f"s{seed}" / "metrics.jsonl"))
     assert summary["final_test_accuracy"] == pytest.approx(separate["final_test_accuracy"], rel=1e-5)
     assert summary["batched_seeds"] == seeds
+    assert set(summary) == set(separate) | {"batched_seeds"}
     assert json.loads((tmp_path / f"b{seed}" / "config.json").read_text())["seed"] == seed
 
 
@@ -80,3 +73,15 @@ def test_algorithms_that_differ_between_seeds_are_refused():
 def test_seeds_and_workdirs_must_match(tmp_path):
   with pytest.raises(ValueError, match="one workdir per distinct seed"):
     train_and_evaluate_seeds(tiny_config(), [0, 0], [str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_mixing_shared_when_equal_and_stacked_per_seed_otherwise():
+  from dfl.batched import _mixing
+  ring = [build_experiment(tiny_config(seed=s)) for s in (0, 1)]
+  mixing, per_seed = _mixing(ring, range(0, 2), sparse=False)
+  assert not per_seed and mixing.W.shape == (4, 4)
+  drawn = [build_experiment(tiny_config(seed=s, topology__name="random_neighbors", topology__degree=2))
+           for s in (0, 1)]
+  mixing, per_seed = _mixing(drawn, range(0, 3), sparse=False)
+  assert per_seed and mixing.W.shape == (2, 3, 4, 4)
+  assert not np.array_equal(mixing.W[0], mixing.W[1])
