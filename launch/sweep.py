@@ -138,8 +138,7 @@ def batch_seeds(runs: list[Run]) -> list[Run]:
   """Groups the runs of each setting into one launch.main --seeds process (dfl/batched.py)."""
   groups: dict[str, list[Run]] = {}
   for run in runs:
-    seed = [t.split("=", 1)[1] for t in run.command if t.startswith("--config.seed=")]
-    if not seed:
+    if not os.path.basename(run.workdir).startswith("seed="):  # see run_workdir
       raise ValueError("--batch_seeds needs a seed axis (--seeds=0,1,2 or 'seed' in get_sweep()).")
     groups.setdefault(os.path.dirname(run.workdir), []).append(run)
   batched = []

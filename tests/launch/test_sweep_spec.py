@@ -87,3 +87,20 @@ def test_get_sweep_of_a_config_file_plans_runs_and_slurm_array(tmp_path):
                          ["topology.name=torus"], [], seeds=None)
   assert [os.path.basename(r.workdir) for r in runs] == [
       sweep_spec.run_name((("topology.name", "torus"), ("model.hidden", v))) for v in ("(16,)", "(8, 8)")]
+
+
+def test_batch_seeds_makes_one_command_per_setting(tmp_path):
+  config = default.get_config()
+  runs = sweep.plan_runs(config, "experiments/configs/default.py", str(tmp_path), [],
+                         ["topology.name=ring,complete"], [], seeds="0,1,2")
+  assert [os.path.relpath(r.workdir, tmp_path) for r in runs[:2]] == [
+      "topology.name=ring/seed=0", "topology.name=ring/seed=1"]
+  batched = sweep.batch_seeds(runs[1:])  # seed 0 of the ring already finished, say
+  assert len(batched) == 2
+  ring = batched[0]
+  assert ring.command[-1] == "--seeds=1,2" and not any("config.seed" in t for t in ring.command)
+  assert f"--workdir={tmp_path}/topology.name=ring/seed={{seed}}" in ring.command
+  assert ring.outputs == (runs[1].workdir, runs[2].workdir)
+  with pytest.raises(ValueError, match="needs a seed axis"):
+    sweep.batch_seeds(sweep.plan_runs(config, "experiments/configs/default.py", str(tmp_path),
+                                      ["--config.seed=3"], ["topology.name=ring"], [], None))
