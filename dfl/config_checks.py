@@ -3,7 +3,8 @@ field, its value and what would be valid."""
 from __future__ import annotations
 
 import topologies
-from dfl.algorithms import ALGORITHMS
+from dfl import variance_correction
+from dfl.algorithms import ALGORITHMS, USES_TOPOLOGY
 from dfl.data import DATASETS
 from dfl.data.partition import PARTITIONS
 from dfl.models import MODELS
@@ -42,3 +43,22 @@ def validate_config(config) -> None:
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")
+  if a.name == "gossip":
+    _require(0 <= a.self_weight < 1,
+             f"algorithm.self_weight must be in [0, 1) for gossip, got {a.self_weight}.")
+  _validate_variance_correction(config.get("variance_correction"), a.name)
+
+
+def _validate_variance_correction(vc, algorithm_name: str) -> None:
+  if vc is None or not vc.enabled:
+    return
+  _require(algorithm_name in USES_TOPOLOGY,
+           f"variance_correction.enabled=True needs a gossip algorithm, but algorithm.name="
+           f"{algorithm_name!r}; valid: {sorted(USES_TOPOLOGY)}.")
+  _one_of("variance_correction.target", vc.target, variance_correction.TARGETS)
+  _one_of("variance_correction.estimator", vc.estimator, variance_correction.ESTIMATORS)
+  _one_of("variance_correction.tensors", vc.tensors, variance_correction.TENSORS)
+  _require(0 <= vc.beta <= 1, f"variance_correction.beta must be in [0, 1], got {vc.beta}.")
+  _require(vc.strength >= 0,
+           f"variance_correction.strength must be >= 0 (0: none, 1: full), got {vc.strength}.")
+  _require(vc.eps >= 0, f"variance_correction.eps must be >= 0, got {vc.eps}.")

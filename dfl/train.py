@@ -30,6 +30,7 @@ from dfl.local import NodeData
 from dfl.metric_writers import make_metric_writer
 from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
 from dfl.models import cross_entropy_loss, make_model
+from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
@@ -105,7 +106,8 @@ def build_experiment(config) -> Experiment:
                              seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
                              **options)
   loss_fn = cross_entropy_loss(model)
-  algorithm = build_algorithm(config.algorithm, BuildContext(loss_fn, n, sizes))
+  algorithm = build_algorithm(config.algorithm, BuildContext(
+      loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction"))))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
                             local_examples=config.eval.local_examples)

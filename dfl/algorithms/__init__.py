@@ -13,6 +13,7 @@ from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics
 from dfl.algorithms.dfedavg import dfedavg
 from dfl.algorithms.dpsgd import dpsgd
 from dfl.algorithms.fedavg import fedavg
+from dfl.algorithms.gossip import gossip_learning
 
 
 class BuildContext(NamedTuple):
@@ -54,15 +55,22 @@ def _fedavg(a, ctx: BuildContext) -> Algorithm:
                 momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay)
 
 
+def _gossip(a, ctx: BuildContext) -> Algorithm:
+  return gossip_learning(ctx.loss_fn, lr=a.lr, local_steps=a.local_steps, batch_size=a.batch_size,
+                         self_weight=a.self_weight, momentum=_momentum(a, 0.0),
+                         weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer)
+
+
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "dpsgd": _dpsgd,
     "dfedavg": _dfedavg,
     "dfedavgm": _dfedavgm,
     "fedavg": _fedavg,
+    "gossip": _gossip,
 }
 
 # Algorithms that communicate over the topology's graph (the others ignore W).
-USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm"}
+USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "gossip"}
 
 
 def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:

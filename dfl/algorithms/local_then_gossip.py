@@ -15,21 +15,18 @@ import jax.numpy as jnp
 import optax
 
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
-from dfl.mixing import messages_per_step, mix_steps
+from dfl.mixing import messages_per_step, mix
 
 PyTree = object
-# mixer(mixing, params_before_local, params_after_local) -> mixed params. Plain gossip by
-# default; variance-corrected averaging plugs in here.
+# mixer(mixing, params) -> params: ONE gossip step, applied gossip_steps times per round. Plain
+# gossip (`mix`) by default; variance-corrected averaging plugs in here and so corrects after
+# every exchange.
 Mixer = Callable
 
 
 class GossipState(NamedTuple):
   params: PyTree  # [N, ...] node models x_i
   opt_state: PyTree  # [N, ...] local optimizer state (momentum buffers)
-
-
-def plain_gossip(gossip_steps: int) -> Mixer:
-  return lambda mixing, params: mix_steps(mixing, params, gossip_steps)
 
 
 def local_then_gossip(local_sgd: Callable, optimizer: optax.GradientTransformation, *,
@@ -45,10 +42,11 @@ def local_then_gossip(local_sgd: Callable, optimizer: optax.GradientTransformati
     reset_optimizer: restart the optimizer state (momentum) at every round, as a per-round
       local optimizer does in DFedAvgM; False carries it across rounds (D-PSGD).
     lr_decay: eta_t = eta * lr_decay**t.
-    mixer: replaces plain gossip, e.g. variance-corrected averaging; gets (mixing, params).
+    mixer: one gossip step (mixing, params) -> params, replacing plain `mix`, e.g.
+      variance-corrected averaging; applied `gossip_steps` times per round.
     num_steps_N: optional per-node step counts (local epochs over unequal shards).
   """
-  mixer = mixer or plain_gossip(gossip_steps)
+  mixer = mixer or mix
 
   def init(params_N):
     return GossipState(params_N, jax.vmap(optimizer.init)(params_N))
@@ -68,7 +66,8 @@ def local_then_gossip(local_sgd: Callable, optimizer: optax.GradientTransformati
       local = jax.vmap(lambda p, o, k, d, s: local_sgd(p, o, k, d, lr_scale, s),
                        in_axes=(0, 0, 0, in_data, 0))
       params, opt_state, loss_N = local(state.params, opt_state, keys, node_data, num_steps_N)
-    params = mixer(inputs.mixing, params)
+    for _ in range(gossip_steps):
+      params = mixer(inputs.mixing, params)
     sent_N, received_N = messages_per_step(inputs.mixing)
     metrics = RoundMetrics(loss=loss_N.mean(), transfers=sent_N.sum() * gossip_steps,
                            sent_N=sent_N * gossip_steps, received_N=received_N * gossip_steps)

@@ -45,7 +45,7 @@ def get_config():
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.algorithm = config_dict.ConfigDict()
-  c.algorithm.name = "dfedavg"  # dpsgd | dfedavg | dfedavgm | fedavg
+  c.algorithm.name = "dfedavg"  # dpsgd | dfedavg | dfedavgm | fedavg | gossip
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t
   c.algorithm.local_steps = 5  # K
@@ -53,6 +53,18 @@ def get_config():
   c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm, else 0
   c.algorithm.weight_decay = 0.0
   c.algorithm.client_fraction = 0.1  # fedavg: fraction of clients sampled per round
+  c.algorithm.self_weight = 0.5  # gossip: β, weight on the own model vs. the neighbours' mean
+
+  # Variance-corrected averaging (Tian et al. 2024) after every gossip step of any gossip
+  # algorithm; see dfl/variance_correction.py.
+  c.variance_correction = config_dict.ConfigDict()
+  c.variance_correction.enabled = False
+  c.variance_correction.target = "follow_others"  # follow_others | follow_self | conservative
+  c.variance_correction.beta = 0.5  # conservative: β·own + (1-β)·received variance
+  c.variance_correction.estimator = "population"  # population (÷n) | unbiased (÷(n-1))
+  c.variance_correction.tensors = "all"  # all (weights + biases) | kernels (>= 2-dim leaves)
+  c.variance_correction.strength = 1.0  # r: scale = 1 + r·(σ_target/σ - 1); 0 = plain gossip
+  c.variance_correction.eps = 1e-12  # tensors with averaged variance <= eps stay unchanged
 
   c.train = config_dict.ConfigDict()
   c.train.rounds = 200
