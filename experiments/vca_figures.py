@@ -119,8 +119,8 @@ def main() -> None:
   p.add_argument("--topology", default="random_regular")
   p.add_argument("--degree", type=int, default=8)
   p.add_argument("--local_steps", type=int, default=10)
-  p.add_argument("--rounds", type=int, default=60)
-  p.add_argument("--eval_every", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=40)
+  p.add_argument("--eval_every", type=int, default=4)
   p.add_argument("--local_examples", type=int, default=2000, help="test samples per node; 0 = all")
   p.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.9, 0.95],
                  help="accuracies whose first-reached round is reported")
