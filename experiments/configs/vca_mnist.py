@@ -6,9 +6,10 @@
 The paper's setting: 50 nodes on a random 8-regular graph, LeNet-5, MNIST split IID, local SGD
 (lr 0.01, momentum 0.9, weight decay 1e-4), every node initialised independently (the vanishing
 variance comes from averaging uncorrelated models), gossip learning with β = 0.5. Without the
-correction the weight variance of every layer decays round after round and training stalls; with
-`variance_correction.enabled=True` it stays at its initial (He/LeCun) level and accuracy climbs
-about as fast as FedAvg's (`--config.algorithm.name=fedavg`, all clients every round). The
+correction the weight variance of every layer drops by an order of magnitude in the first rounds
+and training is slow; with `variance_correction.enabled=True` it stays at its initial level and
+accuracy climbs about as fast as FedAvg's (`--config.algorithm.name=fedavg`, all clients every
+round). The
 figure script `experiments/vca_figures.py` runs the three variants and plots both effects;
 `model.name=cnn` is the 32/64-channel LeNet-5 style CNN of dfl/models.py (heavy on CPU: the
 script's default is the FedAvg MLP).
