@@ -1,7 +1,7 @@
 """Figures for the vanishing variance problem (Tian et al., arXiv 2404.04616): gossip learning
 with and without variance-corrected averaging, and FedAvg as the reference.
 
-    python -m experiments.vca_figures --out docs/figures/vca            # CPU-sized (MLP, ~7 min)
+    python -m experiments.vca_figures --out experiments/figures/vca            # CPU-sized (MLP, ~7 min)
     python -m experiments.vca_figures --out runs/vca_paper --model cnn --rounds 200 \
         --local_steps 38 --local_examples 0                              # the paper's setting
 
