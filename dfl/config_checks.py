@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import topologies
 from dfl import variance_correction
-from dfl.algorithms import ALGORITHMS, USES_TOPOLOGY
+from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
 from dfl.data import DATASETS
 from dfl.data.partition import PARTITIONS
 from dfl.models import MODELS
@@ -26,6 +26,11 @@ def validate_config(config) -> None:
   _one_of("data.partition", config.data.partition, PARTITIONS)
   if config.data.partition == "dirichlet":
     _require(config.data.alpha > 0, f"data.alpha must be > 0, got {config.data.alpha}.")
+  if config.data.partition == "pathological":
+    k, num_classes = config.data.classes_per_node, DATASETS[config.data.name][1]
+    _require(isinstance(k, int) and 1 <= k <= num_classes,
+             f"data.classes_per_node must be an integer in [1, {num_classes}] for "
+             f"data.name={config.data.name!r}, got {k!r}.")
   _one_of("model.name", config.model.name, MODELS)
   _one_of("topology.name", config.topology.name, topologies.NAMES)
   _one_of("topology.mixing_form", config.topology.mixing_form, ("auto", "dense", "sparse"))
@@ -40,6 +45,15 @@ def validate_config(config) -> None:
   _require(a.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {a.weight_decay}.")
   _require(0 < a.client_fraction <= 1,
            f"algorithm.client_fraction must be in (0, 1], got {a.client_fraction}.")
+  _require(a.rho >= 0, f"algorithm.rho (SAM radius) must be >= 0, got {a.rho}.")
+  _require(isinstance(a.local_epochs, int) and a.local_epochs >= 0,
+           f"algorithm.local_epochs must be an integer >= 0 (0 = use local_steps), "
+           f"got {a.local_epochs!r}.")
+  if a.gossip_steps is not None:
+    _require(a.gossip_steps >= 1, f"algorithm.gossip_steps must be >= 1, got {a.gossip_steps}.")
+    _require(a.gossip_steps == 1 or a.name in USES_GOSSIP_STEPS,
+             f"algorithm.gossip_steps={a.gossip_steps} is only used by "
+             f"{sorted(USES_GOSSIP_STEPS)}, not algorithm.name={a.name!r}; leave it unset.")
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")

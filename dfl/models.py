@@ -4,6 +4,7 @@
 `cnn`: LeNet-5 style, conv5x5x32 - maxpool2 - conv5x5x64 - maxpool2 - fc512 - fc10 ('SAME'
 padding), the CNN of the FedAvg / DFedSAM experiments on (Fashion-)MNIST.
 `logreg`: multinomial logistic regression.
+`vgg11`, `resnet18`: CIFAR models with GroupNorm, in dfl/models_cifar.py.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 import optax
+
+from dfl.models_cifar import resnet18, vgg11
 
 
 class MLP(nn.Module):
@@ -50,6 +53,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda num_classes, hidden=(200, 200), **_: MLP(tuple(hidden), num_classes),
     "cnn": lambda num_classes, **_: CNN(num_classes),
     "logreg": lambda num_classes, **_: LogReg(num_classes),
+    "vgg11": vgg11,
+    "resnet18": resnet18,
 }
 
 

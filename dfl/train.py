@@ -91,6 +91,7 @@ def build_experiment(config) -> Experiment:
   n = config.num_nodes
   dataset = load_dataset(config.data.name, config.data.dir or None)
   shards = partition(dataset.y_train, n, config.data.partition, alpha=config.data.alpha,
+                     classes_per_node=config.data.classes_per_node,
                      seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
   indices, sizes = pack_shards(shards)
   data = NodeData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train),

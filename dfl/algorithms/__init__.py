@@ -11,8 +11,11 @@ import numpy as np
 
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics
 from dfl.algorithms.dfedavg import dfedavg
+from dfl.algorithms.dfedsam import dfedsam
+from dfl.algorithms.dfedsam_mgs import PAPER_GOSSIP_STEPS, dfedsam_mgs
 from dfl.algorithms.dpsgd import dpsgd
 from dfl.algorithms.fedavg import fedavg
+from dfl.algorithms.fedsam import fedsam
 from dfl.algorithms.gossip import gossip_learning
 
 
@@ -27,21 +30,57 @@ def _momentum(a, default: float) -> float:
   return default if a.momentum is None else float(a.momentum)
 
 
+def local_work(a, shard_sizes: np.ndarray) -> tuple[int, Optional[np.ndarray]]:
+  """(K, per-node steps or None): K = local_steps, or with E = local_epochs > 0 each node i takes
+  E * ceil(n_i / batch_size) steps and K is their maximum (the scan length; shorter nodes mask)."""
+  if not a.local_epochs:
+    return a.local_steps, None
+  steps_N = a.local_epochs * -(-np.asarray(shard_sizes, np.int64) // a.batch_size)
+  if np.all(steps_N == steps_N[0]):  # equal shards: no masking needed
+    return int(steps_N[0]), None
+  return int(steps_N.max()), steps_N.astype(np.int32)
+
+
+def _gossip_steps(a, default: int) -> int:
+  return default if a.gossip_steps is None else int(a.gossip_steps)
+
+
 def _dfedavg(a, ctx: BuildContext) -> Algorithm:
   if _momentum(a, 0.0) != 0.0:
     raise ValueError(f"algorithm.name='dfedavg' is plain local SGD but algorithm.momentum="
                      f"{a.momentum}; use algorithm.name='dfedavgm' for local momentum.")
-  return dfedavg(ctx.loss_fn, lr=a.lr, local_steps=a.local_steps, batch_size=a.batch_size,
-                 weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer)
+  k, steps_N = local_work(a, ctx.shard_sizes)
+  return dfedavg(ctx.loss_fn, lr=a.lr, local_steps=k, batch_size=a.batch_size,
+                 weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer,
+                 num_steps_N=steps_N)
 
 
 def _dfedavgm(a, ctx: BuildContext) -> Algorithm:
   momentum = _momentum(a, 0.9)
   if not 0.0 < momentum < 1.0:
     raise ValueError(f"algorithm.name='dfedavgm' needs 0 < algorithm.momentum < 1, got {momentum}.")
-  return dfedavg(ctx.loss_fn, lr=a.lr, local_steps=a.local_steps, batch_size=a.batch_size,
+  k, steps_N = local_work(a, ctx.shard_sizes)
+  return dfedavg(ctx.loss_fn, lr=a.lr, local_steps=k, batch_size=a.batch_size,
                  momentum=momentum, weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                 mixer=ctx.mixer)
+                 mixer=ctx.mixer, num_steps_N=steps_N)
+
+
+def _dfedsam(a, ctx: BuildContext) -> Algorithm:
+  if _gossip_steps(a, 1) != 1:
+    raise ValueError(f"algorithm.name='dfedsam' gossips once per round but algorithm."
+                     f"gossip_steps={a.gossip_steps}; use algorithm.name='dfedsam_mgs' for Q > 1.")
+  k, steps_N = local_work(a, ctx.shard_sizes)
+  return dfedsam(ctx.loss_fn, lr=a.lr, rho=a.rho, local_steps=k, batch_size=a.batch_size,
+                 momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
+                 mixer=ctx.mixer, num_steps_N=steps_N)
+
+
+def _dfedsam_mgs(a, ctx: BuildContext) -> Algorithm:
+  k, steps_N = local_work(a, ctx.shard_sizes)
+  return dfedsam_mgs(ctx.loss_fn, lr=a.lr, rho=a.rho, local_steps=k, batch_size=a.batch_size,
+                     gossip_steps=_gossip_steps(a, PAPER_GOSSIP_STEPS),
+                     momentum=_momentum(a, 0.0), weight_decay=a.weight_decay,
+                     lr_decay=a.lr_decay, mixer=ctx.mixer, num_steps_N=steps_N)
 
 
 def _dpsgd(a, ctx: BuildContext) -> Algorithm:
@@ -50,9 +89,19 @@ def _dpsgd(a, ctx: BuildContext) -> Algorithm:
 
 
 def _fedavg(a, ctx: BuildContext) -> Algorithm:
-  return fedavg(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=a.local_steps,
+  k, steps_N = local_work(a, ctx.shard_sizes)
+  return fedavg(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=k,
                 batch_size=a.batch_size, client_fraction=a.client_fraction,
-                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay)
+                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
+                num_steps_N=steps_N)
+
+
+def _fedsam(a, ctx: BuildContext) -> Algorithm:
+  k, steps_N = local_work(a, ctx.shard_sizes)
+  return fedsam(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, rho=a.rho, local_steps=k,
+                batch_size=a.batch_size, client_fraction=a.client_fraction,
+                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
+                num_steps_N=steps_N)
 
 
 def _gossip(a, ctx: BuildContext) -> Algorithm:
@@ -65,12 +114,18 @@ ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "dpsgd": _dpsgd,
     "dfedavg": _dfedavg,
     "dfedavgm": _dfedavgm,
+    "dfedsam": _dfedsam,
+    "dfedsam_mgs": _dfedsam_mgs,
     "fedavg": _fedavg,
+    "fedsam": _fedsam,
     "gossip": _gossip,
 }
 
 # Algorithms that communicate over the topology's graph (the others ignore W).
-USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "gossip"}
+USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "gossip"}
+
+# Algorithms whose rounds may repeat gossip (algorithm.gossip_steps = Q).
+USES_GOSSIP_STEPS = {"dfedsam", "dfedsam_mgs"}
 
 
 def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
@@ -81,4 +136,4 @@ def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
 
 
 __all__ = ["Algorithm", "RoundInputs", "RoundMetrics", "BuildContext", "ALGORITHMS",
-           "USES_TOPOLOGY", "build_algorithm"]
+           "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "build_algorithm", "local_work"]

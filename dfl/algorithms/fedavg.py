@@ -34,8 +34,13 @@ def num_sampled(num_nodes: int, client_fraction: float) -> int:
 
 
 def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: float,
-                   lr_decay: float = 1.0, optimizer=None) -> Algorithm:
-  """FedAvg's round structure for any local update (FedSAM plugs in a SAM local update)."""
+                   lr_decay: float = 1.0, optimizer=None,
+                   num_steps_N: Optional[jax.Array] = None) -> Algorithm:
+  """FedAvg's round structure for any local update (FedSAM plugs in a SAM local update).
+
+  `num_steps_N`: optional per-node local step counts (local epochs over unequal shards).
+  """
+  steps_N = None if num_steps_N is None else jnp.asarray(num_steps_N, jnp.int32)
   m = num_sampled(num_nodes, client_fraction)
 
   def init(params_N):
@@ -49,12 +54,15 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
     keys_M = node_keys(inputs.key, num_nodes)[clients_M]
     lr_scale = jnp.asarray(lr_decay, jnp.float32) ** inputs.round
 
-    def train_client(key, shard):
+    steps_M = None if steps_N is None else steps_N[clients_M]
+
+    def train_client(key, shard, num_steps):
       opt_state = optimizer.init(global_params)  # a fresh local optimizer per round
-      params, _, loss = local_sgd(global_params, opt_state, key, shard, lr_scale)
+      params, _, loss = local_sgd(global_params, opt_state, key, shard, lr_scale, num_steps)
       return params, loss
 
-    trained_M, loss_M = jax.vmap(train_client, in_axes=(0, NodeData(None, None, 0, 0)))(keys_M, sample_data)
+    in_axes = (0, NodeData(None, None, 0, 0), None if steps_M is None else 0)
+    trained_M, loss_M = jax.vmap(train_client, in_axes=in_axes)(keys_M, sample_data, steps_M)
     new_global = jax.tree.map(lambda y: jnp.mean(y, axis=0), trained_M)
     params_N = jax.tree.map(lambda g: jnp.broadcast_to(g, (num_nodes,) + g.shape), new_global)
     sampled_N = jnp.zeros(num_nodes, jnp.int32).at[clients_M].set(1)
@@ -67,9 +75,10 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
 
 def fedavg(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, batch_size: int,
            client_fraction: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0,
-           lr_decay: float = 1.0, gradient: Optional[Callable] = None) -> Algorithm:
+           lr_decay: float = 1.0, gradient: Optional[Callable] = None,
+           num_steps_N: Optional[jax.Array] = None) -> Algorithm:
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
                              gradient=gradient)
   return server_average(local_sgd, num_nodes=num_nodes, client_fraction=client_fraction,
-                        lr_decay=lr_decay, optimizer=optimizer)
+                        lr_decay=lr_decay, optimizer=optimizer, num_steps_N=num_steps_N)

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from dfl.data.cifar import cifar_loader
 from dfl.data.digits import load_digits_dataset
 from dfl.data.idx import load_idx_dataset
 
@@ -38,7 +39,7 @@ def resolve_data_dir(data_dir: Optional[str]) -> str:
     raise ValueError(
         f"This dataset is read from disk but no data directory was given: set config.data.dir "
         f"(--config.data.dir=/path) or the {DATA_DIR_ENV} environment variable to a folder that "
-        "holds one sub-folder per dataset (mnist/, fashion_mnist/, ...).")
+        "holds one sub-folder per dataset (mnist/, fashion_mnist/, cifar10/, ...).")
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(f"Data directory {data_dir!r} does not exist (from config.data.dir "
                             f"or ${DATA_DIR_ENV}).")
@@ -56,6 +57,8 @@ DATASETS: dict[str, tuple[Callable[[Optional[str]], tuple], int]] = {
     "digits": (lambda data_dir: load_digits_dataset(), 10),
     "mnist": (_folder_loader("mnist", load_idx_dataset), 10),
     "fashion_mnist": (_folder_loader("fashion_mnist", load_idx_dataset), 10),
+    "cifar10": (cifar_loader("cifar10"), 10),
+    "cifar100": (cifar_loader("cifar100"), 100),
 }
 
 

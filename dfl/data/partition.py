@@ -4,6 +4,11 @@
 `dirichlet`: label skew (Hsu et al., 2019): for every class c, proportions q_c ~ Dir(alpha·1_N)
 split that class's samples over the nodes; small alpha = strong skew. A node left without data
 gets a clear error rather than a silent empty shard.
+`pathological`: Path(k) (McMahan et al., 2017; the DFedSAM paper's Path setting): every node holds
+exactly k distinct classes. The N*k (node, class) slots are spread evenly over the classes (a
+random class order walked cyclically, k consecutive classes per node, nodes in random order so
+that classes are not aligned with the graph), then each class's samples are split evenly at
+random among the nodes that hold it.
 
 `pack_shards` turns the list of index arrays into the padded `[N, L]` index matrix plus sizes
 that the on-device sampler uses, so unequal shards need no Python loop at run time.
@@ -41,7 +46,35 @@ def dirichlet(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *, a
   return [np.sort(np.asarray(p, np.int64)) for p in parts]
 
 
-PARTITIONS: dict[str, Callable[..., list[np.ndarray]]] = {"iid": iid, "dirichlet": dirichlet}
+def pathological(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *,
+                 classes_per_node: int, **_) -> list[np.ndarray]:
+  classes = np.unique(labels)
+  k = classes_per_node
+  if not (isinstance(k, (int, np.integer)) and 1 <= k <= len(classes)):
+    raise ValueError(f"data.classes_per_node must be an integer in [1, {len(classes)}] (the "
+                     f"number of classes) for the pathological partition, got {k!r}.")
+  class_order = rng.permutation(classes)
+  node_order = rng.permutation(num_nodes)
+  # Node node_order[j] takes classes j*k .. j*k+k-1 (mod C): k distinct ones since k <= C.
+  held = {int(node_order[j]): class_order[(j * k + np.arange(k)) % len(classes)]
+          for j in range(num_nodes)}
+  parts: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
+  for c in classes:
+    owners = [i for i in range(num_nodes) if c in held[i]]
+    if not owners:
+      continue  # fewer slots than classes (N * k < C): this class is left out
+    members = rng.permutation(np.flatnonzero(labels == c))
+    if len(members) < len(owners):
+      raise ValueError(f"pathological partition: class {c} has {len(members)} samples but "
+                       f"{len(owners)} nodes must hold it (classes_per_node={k}, {num_nodes} "
+                       "nodes); lower data.classes_per_node or num_nodes.")
+    for node, chunk in zip(owners, np.array_split(members, len(owners))):
+      parts[node].append(chunk)
+  return [np.sort(np.concatenate(p)) for p in parts]
+
+
+PARTITIONS: dict[str, Callable[..., list[np.ndarray]]] = {
+    "iid": iid, "dirichlet": dirichlet, "pathological": pathological}
 
 
 def partition(labels: np.ndarray, num_nodes: int, scheme: str, *, seed: int, **options) -> list[np.ndarray]:

@@ -15,14 +15,15 @@ def get_config():
   c.num_nodes = 16
 
   c.data = config_dict.ConfigDict()
-  c.data.name = "digits"  # digits (embedded) | mnist | fashion_mnist
+  c.data.name = "digits"  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100
   c.data.dir = ""  # root with one folder per dataset; empty = $DFL_DATA_DIR
-  c.data.partition = "dirichlet"  # iid | dirichlet
+  c.data.partition = "dirichlet"  # iid | dirichlet | pathological
   c.data.alpha = 0.5  # Dirichlet concentration (smaller = more label skew)
+  c.data.classes_per_node = 2  # pathological: k, every node holds exactly k classes (Path(k))
   c.data.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.model = config_dict.ConfigDict()
-  c.model.name = "mlp"  # mlp | cnn | logreg
+  c.model.name = "mlp"  # mlp | cnn | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR)
   c.model.hidden = (200, 200)  # MLP widths
   c.model.same_init = True  # all nodes start from one initialisation (False: independent inits)
 
@@ -45,14 +46,17 @@ def get_config():
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.algorithm = config_dict.ConfigDict()
-  c.algorithm.name = "dfedavg"  # dpsgd | dfedavg | dfedavgm | fedavg | gossip
+  c.algorithm.name = "dfedavg"  # dpsgd|dfedavg|dfedavgm|dfedsam|dfedsam_mgs|fedavg|fedsam|gossip
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t
-  c.algorithm.local_steps = 5  # K
+  c.algorithm.local_steps = 5  # K (used when local_epochs = 0; dpsgd always takes 1)
+  c.algorithm.local_epochs = 0  # E > 0: node i takes E * ceil(shard_i / batch_size) steps
   c.algorithm.batch_size = 32
   c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm, else 0
   c.algorithm.weight_decay = 0.0
-  c.algorithm.client_fraction = 0.1  # fedavg: fraction of clients sampled per round
+  c.algorithm.client_fraction = 0.1  # fedavg/fedsam: fraction of clients sampled per round
+  c.algorithm.rho = 0.05  # dfedsam/dfedsam_mgs/fedsam: SAM radius (0 = plain SGD)
+  c.algorithm.gossip_steps = config_dict.placeholder(int)  # Q; None: 4 for dfedsam_mgs, else 1
   c.algorithm.self_weight = 0.5  # gossip: β, weight on the own model vs. the neighbours' mean
 
   # Variance-corrected averaging (Tian et al. 2024) after every gossip step of any gossip

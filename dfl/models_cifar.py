@@ -1,0 +1,83 @@
+"""CIFAR models with GroupNorm: VGG-11 (Simonyan & Zisserman, ICLR 2015) and ResNet-18 (He et
+al., CVPR 2016, the CIFAR variant: 3x3 stem, no max-pool), as used by the DFedSAM experiments.
+
+Why GroupNorm (Wu & He, ECCV 2018) instead of BatchNorm: BatchNorm keeps running statistics, a
+second, non-trainable state that every node would carry, that gossip would have to average
+(averaging variances of different nodes' data is not the variance of anything) and that turns
+`apply` into a stateful call with train/eval modes. Its batch statistics are also computed from
+one node's label-skewed minibatch, which is known to hurt non-IID federated training (Hsieh et
+al., "The Non-IID Data Quagmire", ICML 2020). GroupNorm normalises each sample on its own,
+has only trainable scale/bias, and so keeps a model a plain parameter pytree: vmapped per-node
+training, gossip and evaluation treat it like any other model. `NORM_GROUPS` = 32 (Wu & He's
+default); every channel width here (64..512) is divisible by it. Param counts (CIFAR-10):
+VGG-11 9.76M, ResNet-18 11.17M. No dropout: it would need an RNG in every loss call.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+
+NORM_GROUPS = 32
+# VGG-11 ("A"): conv widths, "M" = 2x2 max-pool.
+VGG11_LAYERS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG(nn.Module):
+  """VGG for 32x32 inputs: 3x3 conv + GroupNorm + ReLU blocks, then a 512-512-classes head."""
+  layers: Sequence = VGG11_LAYERS
+  num_classes: int = 10
+  groups: int = NORM_GROUPS
+
+  @nn.compact
+  def __call__(self, x):
+    for layer in self.layers:
+      if layer == "M":
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      else:
+        x = nn.relu(nn.GroupNorm(num_groups=self.groups)(nn.Conv(layer, (3, 3), use_bias=False)(x)))
+    x = x.reshape(x.shape[0], -1)  # [B, 512] after five pools of a 32x32 image
+    x = nn.relu(nn.Dense(512)(x))
+    x = nn.relu(nn.Dense(512)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs with GroupNorm; a 1x1 projection on the shortcut when the shape changes."""
+  features: int
+  stride: int = 1
+  groups: int = NORM_GROUPS
+
+  @nn.compact
+  def __call__(self, x):
+    norm = lambda: nn.GroupNorm(num_groups=self.groups)
+    y = nn.Conv(self.features, (3, 3), (self.stride, self.stride), use_bias=False)(x)
+    y = nn.relu(norm()(y))
+    y = norm()(nn.Conv(self.features, (3, 3), use_bias=False)(y))
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = norm()(nn.Conv(self.features, (1, 1), (self.stride, self.stride), use_bias=False)(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """ResNet for 32x32 inputs: 3x3 stem, four stages of BasicBlocks, global average pool."""
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  num_classes: int = 10
+  groups: int = NORM_GROUPS
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.GroupNorm(num_groups=self.groups)(nn.Conv(64, (3, 3), use_bias=False)(x)))
+    for stage, blocks in enumerate(self.stage_sizes):
+      for b in range(blocks):
+        stride = 2 if stage > 0 and b == 0 else 1
+        x = BasicBlock(64 * 2**stage, stride, self.groups)(x)
+    return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+def vgg11(num_classes: int, **_) -> nn.Module:
+  return VGG(VGG11_LAYERS, num_classes)
+
+
+def resnet18(num_classes: int, **_) -> nn.Module:
+  return ResNet((2, 2, 2, 2), num_classes)
