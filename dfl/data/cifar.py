@@ -34,10 +34,11 @@ LABEL_KEY = {"cifar10": "labels", "cifar100": "fine_labels"}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _IMAGE_SIZE = 32 * 32 * 3
 
-# What a CIFAR pickle may reference: numpy's array reconstruction, nothing else.
-_ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                    ("numpy._core.multiarray", "scalar")}
+# What a CIFAR pickle may reference: numpy's array reconstruction, and _codecs.encode, which
+# protocol-2 pickles written by Python 3 use for bytes; nothing that can run arbitrary code.
+_ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"),
+                    ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                    ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 class _ArrayUnpickler(pickle.Unpickler):
