@@ -1,13 +1,12 @@
-"""FedAvg / FedSAM: full participation with one local step is centralized minibatch SGD; rho = 0
-makes FedSAM FedAvg bit for bit."""
+"""FedSAM: rho = 0 makes it FedAvg bit for bit (FedAvg's own reduction to centralized minibatch
+SGD is tested in tests/core/test_engine_reductions.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dfl.algorithms.base import RoundInputs, node_keys
+from dfl.algorithms.base import RoundInputs
 from dfl.algorithms.fedavg import fedavg
 from dfl.algorithms.fedsam import fedsam
-from dfl.local import shuffled_positions
 from dfl.mixing import DenseMixing
 from tests.algorithms._tiny import N, tiny_problem
 
@@ -22,27 +21,6 @@ def rounds(algorithm, params_N, data, r):
     state, _ = step(state, RoundInputs(jnp.int32(t), jax.random.fold_in(key, t),
                                        DenseMixing(jnp.eye(N)), data))
   return state, key
-
-
-def test_full_participation_one_local_step_is_centralized_minibatch_sgd():
-  loss_fn, params_N, data = tiny_problem(sizes=(12, 9, 12, 7))
-  r = 3
-  state, key = rounds(fedavg(loss_fn, num_nodes=N, lr=LR, local_steps=1, batch_size=BATCH,
-                             client_fraction=1.0, lr_decay=DECAY), params_N, data, r)
-  # Centralized SGD on the union of the minibatches the nodes drew (equal batch sizes, so the
-  # mean of the node gradients is the gradient of the mean loss over the union).
-  w = jax.tree.map(lambda p: p[0], params_N)
-  width = data.indices.shape[1]
-  for t in range(r):
-    keys = node_keys(jax.random.fold_in(key, t), N)
-    rows = np.concatenate([
-        np.asarray(data.indices[i])[np.asarray(shuffled_positions(keys[i], data.sizes[i], width))[:BATCH]]
-        for i in range(N)])
-    g = jax.grad(loss_fn)(w, data.x[rows], data.y[rows])
-    w = jax.tree.map(lambda p, gi: p - LR * DECAY**t * gi, w, g)
-  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(w)):
-    for i in range(N):  # every node holds the global model
-      np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
 def test_fedsam_rho_zero_is_fedavg_bit_for_bit():
