@@ -61,6 +61,9 @@ def validate_config(config) -> None:
     _require(0 <= a.self_weight < 1,
              f"algorithm.self_weight must be in [0, 1) for gossip, got {a.self_weight}.")
   _validate_variance_correction(config.get("variance_correction"), a.name)
+  _require(isinstance(config.mesh.devices, int) and config.mesh.devices >= 0,
+           f"mesh.devices must be an integer >= 0 (0 = all local devices), got "
+           f"{config.mesh.devices!r}.")
 
 
 def _validate_variance_correction(vc, algorithm_name: str) -> None:

@@ -8,6 +8,7 @@ evaluation), summary.json at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -27,9 +28,10 @@ from dfl.data.partition import pack_shards, partition
 from dfl.engine import make_chunk_runner
 from dfl.evaluation import make_evaluator
 from dfl.local import NodeData
-from dfl.metric_writers import make_metric_writer
+from dfl.metric_writers import MultiWriter, make_metric_writer
 from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
 from dfl.models import cross_entropy_loss, make_model
+from dfl.sharding import NodePlacement, is_main_process, make_placement
 from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
@@ -51,6 +53,7 @@ class Experiment:
   train_key: jax.Array
   model_bytes: int
   init_params: Any  # [N, ...]
+  placement: NodePlacement  # the device mesh the node axis is sharded over
 
 
 def _seed(override, seed: int, stream: int) -> int:
@@ -89,17 +92,18 @@ def mixing_operator(topology: topologies.Topology, round_index: int, sparse: boo
 def build_experiment(config) -> Experiment:
   validate_config(config)
   n = config.num_nodes
+  placement = make_placement(config.mesh, n)  # before any other JAX work (multi-host init)
   dataset = load_dataset(config.data.name, config.data.dir or None)
   shards = partition(dataset.y_train, n, config.data.partition, alpha=config.data.alpha,
                      classes_per_node=config.data.classes_per_node,
                      seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
   indices, sizes = pack_shards(shards)
-  data = NodeData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train),
-                  jnp.asarray(indices), jnp.asarray(sizes))
+  data = placement.node_data(dataset.x_train, dataset.y_train, indices, sizes)
   model = make_model(config.model.name, dataset.num_classes, hidden=config.model.hidden)
   root = jax.random.key(config.seed)
-  init_params = init_node_params(model, dataset.input_shape, n,
-                                 jax.random.fold_in(root, _INIT_STREAM), config.model.same_init)
+  init_params = placement.build(
+      lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),
+      jax.random.fold_in(root, _INIT_STREAM))
   options = topology_options(config.topology)
   if options.get("num_rounds") is None:  # schedules place their dense rounds at the run's end
     options["num_rounds"] = config.train.rounds
@@ -109,13 +113,14 @@ def build_experiment(config) -> Experiment:
   loss_fn = cross_entropy_loss(model)
   algorithm = build_algorithm(config.algorithm, BuildContext(
       loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction"))))
+  algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
                             local_examples=config.eval.local_examples)
   return Experiment(config, dataset, shards, data, model, topology, algorithm,
-                    make_chunk_runner(algorithm), evaluate,
+                    placement.runner(make_chunk_runner(algorithm)), evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
-                    tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params)
+                    tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement)
 
 
 class CommCounter:
@@ -182,11 +187,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   os.makedirs(workdir, exist_ok=True)
   exp = build_experiment(config)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
-  logging.info("dfl: %s on %s, %d nodes, %s/%s, %d params per node",
-               config.algorithm.name, config.topology.name, config.num_nodes,
-               config.data.name, config.model.name, exp.model_bytes // 4)
+  main = is_main_process()  # multi-host: every process computes, only process 0 writes
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+    logging.info("dfl: %s on %s, %d nodes on %d device(s), %s/%s, %d params per node",
+                 config.algorithm.name, config.topology.name, config.num_nodes,
+                 exp.placement.mesh.size, config.data.name, config.model.name,
+                 exp.model_bytes // 4)
 
   rounds, every = config.train.rounds, config.eval.every_rounds
   sparse = use_sparse_mixing(config.topology.mixing_form, exp.topology)
@@ -200,9 +208,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = time.perf_counter()
 
   records = [_evaluation_record(exp, state, 0, None, comm, 0.0)]
-  with make_metric_writer(workdir, tensorboard=config.logging.tensorboard) as writer, \
+  with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard) if main
+        else MultiWriter([])) as writer, \
       tqdm(total=rounds, desc=f"{config.algorithm.name}/{config.topology.name}", unit="round",
-           dynamic_ncols=True) as bar:
+           dynamic_ncols=True, disable=not main) as bar:
     writer.write(records[0])
     done = 0
     while done < rounds:
@@ -232,6 +241,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   summary = make_summary(records, rounds, time.perf_counter() - start)
   if merge_start is not None:
     summary.update(_before_merge(records, merge_start))
+  if not main:
+    return summary
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   if merge_start is not None:

@@ -80,4 +80,13 @@ def get_config():
 
   c.logging = config_dict.ConfigDict()
   c.logging.tensorboard = False  # also write TensorBoard events to workdir/tensorboard/
+
+  # Scale-out (dfl/sharding.py): the node axis sharded over a device mesh; num_nodes must be a
+  # multiple of the mesh size (devices per process x processes).
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.devices = 1  # devices per process the node axis is sharded over (0 = all local devices)
+  c.mesh.distributed = False  # multi-host: call jax.distributed.initialize() before anything
+  c.mesh.coordinator_address = ""  # host:port of process 0; empty = detect (TPU pod, SLURM, MPI)
+  c.mesh.num_processes = config_dict.placeholder(int)  # None: detected from the cluster
+  c.mesh.process_id = config_dict.placeholder(int)  # None: detected from the cluster
   return c
