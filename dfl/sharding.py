@@ -17,8 +17,8 @@ program on the same config; `initialize_distributed` calls `jax.distributed.init
 arguments come from the config or, left empty, from the environment (TPU pod metadata, SLURM,
 Open MPI, or JAX_COORDINATOR_ADDRESS). Each process places only its own nodes' rows of the shard
 matrix on its devices (`jax.make_array_from_callback`); the training set itself is small and
-replicated. Outputs that the host reads (round metrics, evaluation figures) are constrained to
-be replicated, so every process can read them; only process 0 writes files and logs.
+replicated. Round metrics are constrained to be replicated (evaluation figures are scalars,
+replicated anyway), so every process can read them; only process 0 writes files and logs.
 
 Node count not divisible by the device count is an error (not padding): padded phantom nodes
 would take part in gossip and node means and change the algorithm.
@@ -151,7 +151,8 @@ class NodePlacement:
 
     def run(state, data, train_key, rounds_R, mixing, per_round_mixing):
       return jitted(self.place(state), data, train_key, rounds_R, mixing, per_round_mixing)
-    run.jitted = jitted  # for HLO inspection and cache checks
+    run.jitted = jitted  # for HLO inspection (run.jitted.lower(...).compile().as_text())
+    run._cache_size = jitted._cache_size  # compilation count, as on any jitted function
     return run
 
 
