@@ -7,6 +7,7 @@ from dfl import variance_correction
 from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
 from dfl.data import DATASETS
 from dfl.data.partition import PARTITIONS
+from dfl.membership import parse_schedule
 from dfl.models import MODELS
 
 
@@ -54,6 +55,17 @@ def validate_config(config) -> None:
     _require(a.gossip_steps == 1 or a.name in USES_GOSSIP_STEPS,
              f"algorithm.gossip_steps={a.gossip_steps} is only used by "
              f"{sorted(USES_GOSSIP_STEPS)}, not algorithm.name={a.name!r}; leave it unset.")
+  if a.name == "modest":
+    _require(1 <= a.sample_size <= config.num_nodes, f"algorithm.sample_size must be in "
+             f"[1, num_nodes={config.num_nodes}], got {a.sample_size}.")
+    _require(1 <= a.aggregators <= a.sample_size, f"algorithm.aggregators must be in "
+             f"[1, sample_size={a.sample_size}], got {a.aggregators}.")
+    _require(0 < a.success_fraction <= 1,
+             f"algorithm.success_fraction must be in (0, 1], got {a.success_fraction}.")
+  parse_schedule(a.membership)  # raises on a malformed schedule
+  _require(not a.membership or a.name == "modest",
+           f"algorithm.membership={a.membership!r} is only simulated by algorithm.name='modest', "
+           f"not {a.name!r}; leave it empty.")
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")

@@ -25,7 +25,7 @@ def make_chunk_runner(algorithm: Algorithm) -> Callable:
   def run_chunk(state, data, train_key, rounds_R, mixing, per_round_mixing):
     def body(state, xs):
       t, mixing_t = xs if per_round_mixing else (xs, mixing)
-      inputs = RoundInputs(t, jax.random.fold_in(train_key, t), mixing_t, data)
+      inputs = RoundInputs(t, jax.random.fold_in(train_key, t), mixing_t, data, train_key)
       return algorithm.round(state, inputs)
     xs = (rounds_R, mixing) if per_round_mixing else rounds_R
     return jax.lax.scan(body, state, xs)

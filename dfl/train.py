@@ -36,6 +36,7 @@ from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
+_MEMBERSHIP_STREAM = 4
 
 
 @dataclasses.dataclass
@@ -112,7 +113,8 @@ def build_experiment(config) -> Experiment:
                              **options)
   loss_fn = cross_entropy_loss(model)
   algorithm = build_algorithm(config.algorithm, BuildContext(
-      loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction"))))
+      loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
+      seed=_seed(None, config.seed, _MEMBERSHIP_STREAM)))
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
@@ -129,18 +131,22 @@ class CommCounter:
   def __init__(self, num_nodes: int, model_bytes: int):
     self.model_bytes = model_bytes
     self.transfers = 0
+    self.control_messages = 0
     self.sent_N = np.zeros(num_nodes, np.int64)
     self.received_N = np.zeros(num_nodes, np.int64)
 
   def add(self, metrics) -> None:
     self.transfers += int(np.sum(metrics.transfers, dtype=np.int64))
+    self.control_messages += int(np.sum(metrics.control_messages, dtype=np.int64))
     self.sent_N += np.asarray(metrics.sent_N, np.int64).sum(axis=0)
     self.received_N += np.asarray(metrics.received_N, np.int64).sum(axis=0)
 
   def as_dict(self) -> dict:
     return {"comm_transfers": self.transfers,
             "comm_bytes": self.transfers * self.model_bytes,
-            "comm_bytes_max_node": int(max(self.sent_N.max(), self.received_N.max())) * self.model_bytes}
+            "comm_bytes_max_node":
+                int(max(self.sent_N.max(), self.received_N.max())) * self.model_bytes,
+            "comm_control_messages": self.control_messages}
 
 
 def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCounter,

@@ -17,6 +17,8 @@ from dfl.algorithms.dpsgd import dpsgd
 from dfl.algorithms.fedavg import fedavg
 from dfl.algorithms.fedsam import fedsam
 from dfl.algorithms.gossip import gossip_learning
+from dfl.algorithms.modest import modest
+from dfl.membership import build_membership
 
 
 class BuildContext(NamedTuple):
@@ -24,6 +26,7 @@ class BuildContext(NamedTuple):
   num_nodes: int
   shard_sizes: np.ndarray  # [N] samples per node
   mixer: Optional[Callable] = None  # None: plain gossip; else e.g. variance-corrected mixing
+  seed: int = 0  # for choices made when building (which nodes leave or fail in MoDeST)
 
 
 def _momentum(a, default: float) -> float:
@@ -110,6 +113,14 @@ def _gossip(a, ctx: BuildContext) -> Algorithm:
                          weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer)
 
 
+def _modest(a, ctx: BuildContext) -> Algorithm:
+  return modest(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=a.local_steps,
+                batch_size=a.batch_size, sample_size=a.sample_size, aggregators=a.aggregators,
+                success_fraction=a.success_fraction,
+                membership=build_membership(ctx.num_nodes, a.membership, seed=ctx.seed),
+                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay)
+
+
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "dpsgd": _dpsgd,
     "dfedavg": _dfedavg,
@@ -119,6 +130,7 @@ ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "fedavg": _fedavg,
     "fedsam": _fedsam,
     "gossip": _gossip,
+    "modest": _modest,
 }
 
 # Algorithms that communicate over the topology's graph (the others ignore W).

@@ -9,7 +9,7 @@ field: the nodes' models `[N, ...]` that evaluation reads.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
@@ -24,6 +24,9 @@ class RoundInputs(NamedTuple):
   key: jax.Array  # typed PRNG key of this round: fold_in(sampling_key, t)
   mixing: Mixing  # the communication graph's W for round t
   data: NodeData  # device-resident training data and shards
+  # The run's training key, key = fold_in(run_key, round): lets an algorithm derive another
+  # round's key (MoDeST computes the candidate list of round t + 1 during round t).
+  run_key: Optional[jax.Array] = None
 
 
 class RoundMetrics(NamedTuple):
@@ -32,6 +35,7 @@ class RoundMetrics(NamedTuple):
   transfers: jax.Array  # model transfers this round (each message of one full model counts 1)
   sent_N: jax.Array  # [N] models sent by each node this round
   received_N: jax.Array  # [N] models received by each node this round
+  control_messages: Any = 0  # small non-model messages this round (MoDeST's sampling probes)
 
 
 class Algorithm(NamedTuple):

@@ -46,7 +46,8 @@ def get_config():
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.algorithm = config_dict.ConfigDict()
-  c.algorithm.name = "dfedavg"  # dpsgd|dfedavg|dfedavgm|dfedsam|dfedsam_mgs|fedavg|fedsam|gossip
+  # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest
+  c.algorithm.name = "dfedavg"
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t
   c.algorithm.local_steps = 5  # K (used when local_epochs = 0; dpsgd always takes 1)
@@ -58,6 +59,13 @@ def get_config():
   c.algorithm.rho = 0.05  # dfedsam/dfedsam_mgs/fedsam: SAM radius (0 = plain SGD)
   c.algorithm.gossip_steps = config_dict.placeholder(int)  # Q; None: 4 for dfedsam_mgs, else 1
   c.algorithm.self_weight = 0.5  # gossip: β, weight on the own model vs. the neighbours' mean
+  c.algorithm.sample_size = 10  # modest: s, nodes that train per round
+  c.algorithm.aggregators = 1  # modest: a, nodes that aggregate per round (a <= s)
+  c.algorithm.success_fraction = 1.0  # modest: sf, aggregate once ceil(sf * s) models arrived
+  # modest: join/leave/fail events, "ROUND:EVENT:AMOUNT,..." e.g. "50:fail:0.8,30:join:10"
+  # (AMOUNT: a count, or a fraction of the active nodes when written with a '.'; num_nodes
+  # counts every node that ever takes part, joiners included). See dfl/membership.py.
+  c.algorithm.membership = ""
 
   # Variance-corrected averaging (Tian et al. 2024) after every gossip step of any gossip
   # algorithm; see dfl/variance_correction.py.

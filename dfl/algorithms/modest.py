@@ -1,0 +1,222 @@
+"""MoDeST (de Vos, Dhasade, Kermarrec, Lavoie, Pouwelse, Sharma, "MoDeST: Bridging the Gap
+between Federated and Decentralized Learning with Decentralized Sampling", arXiv 2302.13837).
+
+No server: for every round k each node can compute the same candidate list L_k, a pseudo-random
+order of the nodes it believes active, from (seed, k) alone. Round k:
+
+  1. The sample S_k = the first s responsive nodes of L_k. Each participant starts from the
+     model x^k it received and runs K local SGD steps, giving y_j.
+  2. Each participant sends y_j to the aggregators A_k = the first a responsive nodes of L_{k+1}
+     (hence A_k = the first a nodes of S_{k+1}).
+  3. An aggregator averages uniformly the first ceil(sf * s) models to arrive,
+     x^{k+1} = mean_j y_j; if fewer arrive (failures), it waits for its timeout and averages those
+     that did. If none arrived, the round is void: x^{k+1} = x^k (the aggregators forward the
+     round's starting model; a deployment would fetch it from the previous aggregators).
+  4. The aggregators send x^{k+1} to the s nodes of S_{k+1}, which train in round k + 1.
+
+Nodes outside S_k and A_k neither train nor communicate.
+
+Symbols -> names: s = sample_size, a = aggregators, sf = success_fraction, K = local_steps,
+L_k = `candidate_list(run_key, k)` (a permutation of all node ids; nodes not listed at round k
+are skipped), S_k and A_k = `first_qualifying(...)`; membership (join/leave/fail) =
+`dfl.membership.Membership`.
+
+Simulation conventions (the paper's protocol runs asynchronously; this is its round-synchronous
+form):
+  * L_k is `permutation(fold_in(fold_in(run_key, k), SAMPLING_STREAM))`, the same stream FedAvg's
+    server samples from, so s = N, a = 1, sf = 1 without churn is exactly FedAvg with C = 1.
+  * S_k is chosen at the end of round k - 1, so a participant that fails at round k is still in
+    S_k and its model never arrives; from round k + 1 it is skipped. A node joining at round r is
+    listed (eligible) from round r + 1; a node leaving at round r is not listed from round r.
+  * Arrival order at the aggregators is a random order of the participants (one order shared by
+    the a aggregators: a slow participant is slow for all), so with sf < 1 a random
+    ceil(sf * s) of the delivered models count; the others were sent (and are counted) but dropped.
+  * Communication per round: every delivered participant sends its model to each aggregator and
+    each aggregator sends x^{k+1} to the nodes of S_{k+1}: 2 * s * a model transfers, less the
+    deliveries a node would make to itself (an aggregator is in S_{k+1}, and may be in S_k).
+    Control messages (counted apart): to find the first responsive candidates of L_{k+1}, each
+    delivering participant probes them in list order up to the a-th that answers, and each
+    aggregator up to the s-th; one probe per candidate examined, one reply per answer.
+
+State and evaluation: `node_params` keeps the node axis, each row the model that node last held
+(trained or received); `round_model` is x^k, the one model the protocol agrees on. `params`, the
+view the evaluator reads, is x^k on every row, so `test_accuracy` is the accuracy of the current
+round model (as for FedAvg) and the consensus distance is 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
+from dfl.algorithms.fedavg import SAMPLING_STREAM
+from dfl.local import NodeData, make_local_sgd, make_optimizer
+from dfl.membership import Membership, static_membership
+
+PyTree = object
+ARRIVAL_STREAM = 2**31 - 2  # fold_in tag of the arrival order at the aggregators
+
+
+class ModestState(NamedTuple):
+  node_params: PyTree  # [N, ...] the model each node last held
+  round_model: PyTree  # [...] x^k: the last aggregate (what the sample of round k starts from)
+
+  @property
+  def params(self) -> PyTree:
+    """[N, ...] view for evaluation: the round model x^k on every row."""
+    n = jax.tree.leaves(self.node_params)[0].shape[0]
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), self.round_model)
+
+
+class Selection(NamedTuple):
+  nodes: jax.Array  # [count] int32 node ids, in list order
+  valid: jax.Array  # [count] bool; False where fewer than `count` nodes qualify
+  examined: jax.Array  # [count] int32 listed candidates examined up to each slot
+
+
+def candidate_list(run_key: jax.Array, k, num_nodes: int) -> jax.Array:
+  """L_k as a permutation of all node ids, from (run key, k) only: every node gets the same."""
+  round_key = jax.random.fold_in(run_key, k)
+  return jax.random.permutation(jax.random.fold_in(round_key, SAMPLING_STREAM), num_nodes)
+
+
+def first_qualifying(order_N: jax.Array, listed_N: jax.Array, qualifies_N: jax.Array,
+                     count: int) -> Selection:
+  """The first `count` nodes of the list that are listed and qualify (e.g. answer)."""
+  listed_o = listed_N[order_N]
+  ok_o = qualifies_N[order_N] & listed_o
+  positions = jnp.argsort(~ok_o, stable=True)[:count]  # first `count` qualifying, in order
+  valid = ok_o[positions]
+  examined_o = jnp.cumsum(listed_o, dtype=jnp.int32)
+  examined = jnp.where(valid, examined_o[positions], examined_o[-1])
+  return Selection(order_N[positions], valid, examined)
+
+
+def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size: int,
+                  aggregators: int = 1, success_fraction: float = 1.0,
+                  membership: Membership | None = None, lr_decay: float = 1.0) -> Algorithm:
+  """MoDeST's round structure for any local update.
+
+  Args:
+    local_sgd: one node's local phase, from `dfl.local.make_local_sgd`.
+    optimizer: the local optax optimizer (fresh at every round, as in FedAvg).
+    num_nodes: N, every node that ever takes part (see `dfl.membership`).
+    sample_size: s, participants per round (fewer if fewer nodes respond).
+    aggregators: a <= s, nodes that aggregate each round.
+    success_fraction: sf in (0, 1]; an aggregator proceeds with ceil(sf * s) models.
+    membership: join/leave/fail rounds per node; None: every node active throughout.
+    lr_decay: eta_t = eta * lr_decay**t.
+  """
+  s, a = sample_size, aggregators
+  if not 1 <= a <= s <= num_nodes:
+    raise ValueError(f"MoDeST needs 1 <= aggregators <= sample_size <= num_nodes, got "
+                     f"aggregators={a}, sample_size={s}, num_nodes={num_nodes}.")
+  if not 0 < success_fraction <= 1:
+    raise ValueError(f"success_fraction must be in (0, 1], got {success_fraction}.")
+  quorum = math.ceil(success_fraction * s)
+  membership = membership or static_membership(num_nodes)
+  if membership.num_nodes != num_nodes:
+    raise ValueError(f"membership covers {membership.num_nodes} nodes, expected {num_nodes}.")
+
+  def samples(run_key, k):
+    """(S_k, S_{k+1}): S_k drawn at round k - 1's end, S_{k+1} (and A_k) at round k's end."""
+    this = first_qualifying(candidate_list(run_key, k, num_nodes), membership.listed(k),
+                            membership.answers(jnp.maximum(k - 1, 0)), s)
+    following = first_qualifying(candidate_list(run_key, k + 1, num_nodes),
+                                 membership.listed(k + 1), membership.answers(k), s)
+    return this, following
+
+  def init(params_N):
+    x0 = jax.tree.map(lambda x: x[0], params_N)  # MoDeST needs one common starting model
+    node_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_nodes,) + x.shape), x0)
+    return ModestState(node_params, x0)
+
+  def round_fn(state: ModestState, inputs: RoundInputs):
+    if inputs.run_key is None:
+      raise ValueError("MoDeST derives the candidate list of round k + 1 from RoundInputs.run_key; "
+                       "run it with dfl.engine.make_chunk_runner (which sets it).")
+    k = inputs.round
+    sample, following = samples(inputs.run_key, k)
+    delivered_S = sample.valid & membership.answers(k)[sample.nodes]
+
+    # Local training of the sample only: gather its rows, one vmap, scatter back.
+    data = inputs.data
+    start_S = jax.tree.map(lambda x: x[sample.nodes], state.node_params)
+    shards_S = NodeData(data.x, data.y, data.indices[sample.nodes], data.sizes[sample.nodes])
+    keys_S = node_keys(inputs.key, num_nodes)[sample.nodes]
+    lr_scale = jnp.asarray(lr_decay, jnp.float32) ** k
+
+    def train(params, key, shard):
+      trained, _, loss = local_sgd(params, optimizer.init(params), key, shard, lr_scale)
+      return trained, loss
+
+    trained_S, loss_S = jax.vmap(train, in_axes=(0, 0, NodeData(None, None, 0, 0)))(
+        start_S, keys_S, shards_S)
+
+    # Aggregation: the first `quorum` delivered models to arrive, else all that arrived.
+    arrival_S = jax.random.uniform(jax.random.fold_in(inputs.key, ARRIVAL_STREAM), (s,))
+    arrival_rank_S = jnp.argsort(jnp.argsort(jnp.where(delivered_S, arrival_S, 2.0)))
+    used_S = delivered_S & (arrival_rank_S < quorum)
+    used = jnp.sum(used_S)
+
+    def average(y_S, previous):
+      mask = used_S.reshape((s,) + (1,) * (y_S.ndim - 1))
+      mean = jnp.sum(jnp.where(mask, y_S, 0), axis=0) / used.astype(y_S.dtype)
+      return jnp.where(used > 0, mean, previous)
+
+    round_model = jax.tree.map(average, trained_S, state.round_model)
+
+    def scatter(rows_N, nodes, keep, new_rows):
+      mask = keep.reshape(keep.shape + (1,) * (new_rows.ndim - 1))
+      return rows_N.at[nodes].set(jnp.where(mask, new_rows, rows_N[nodes]))
+
+    node_params = jax.tree.map(lambda x, y: scatter(x, sample.nodes, delivered_S, y),
+                               state.node_params, trained_S)
+    node_params = jax.tree.map(
+        lambda x, m: scatter(x, following.nodes, following.valid,
+                             jnp.broadcast_to(m, (s,) + m.shape)), node_params, round_model)
+
+    sent_N, received_N, control = _communication(num_nodes, a, sample, delivered_S, following)
+    trained = jnp.sum(sample.valid)
+    loss = jnp.sum(jnp.where(sample.valid, loss_S, 0.0)) / jnp.maximum(trained, 1)
+    metrics = RoundMetrics(loss=loss, transfers=jnp.sum(sent_N), sent_N=sent_N,
+                           received_N=received_N, control_messages=control)
+    return ModestState(node_params, round_model), metrics
+
+  return Algorithm(init, round_fn)
+
+
+def _communication(num_nodes: int, a: int, sample: Selection, delivered_S: jax.Array,
+                   following: Selection):
+  """Model transfers per node (sent [N], received [N]) and control messages of one round."""
+  agg_A, agg_valid_A = following.nodes[:a], following.valid[:a]
+  # Uploads: delivered participant j -> aggregator i, for i != j.
+  up_SxA = delivered_S[:, None] & agg_valid_A[None, :] & (sample.nodes[:, None] != agg_A[None, :])
+  # Downloads: aggregator i -> member n of S_{k+1}, for n != i (A_k is the head of S_{k+1}).
+  down_AxS = (agg_valid_A[:, None] & following.valid[None, :]
+              & (agg_A[:, None] != following.nodes[None, :]))
+  zeros = jnp.zeros(num_nodes, jnp.int32)
+  sent_N = (zeros.at[sample.nodes].add(up_SxA.sum(1, dtype=jnp.int32))
+            .at[agg_A].add(down_AxS.sum(1, dtype=jnp.int32)))
+  received_N = (zeros.at[agg_A].add(up_SxA.sum(0, dtype=jnp.int32))
+                .at[following.nodes].add(down_AxS.sum(0, dtype=jnp.int32)))
+  # Probes and replies to find the first a (participants) and first s (aggregators) that answer.
+  num_agg = jnp.sum(agg_valid_A, dtype=jnp.int32)
+  control = (jnp.sum(delivered_S, dtype=jnp.int32) * (following.examined[a - 1] + num_agg)
+             + num_agg * (following.examined[-1] + jnp.sum(following.valid, dtype=jnp.int32)))
+  return sent_N, received_N, control
+
+
+def modest(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, batch_size: int,
+           sample_size: int = 10, aggregators: int = 1, success_fraction: float = 1.0,
+           membership: Membership | None = None, momentum: float = 0.0,
+           weight_decay: float = 0.0, lr_decay: float = 1.0) -> Algorithm:
+  """MoDeST with K = local_steps steps of local SGD (see the module docstring)."""
+  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
+  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size)
+  return modest_rounds(local_sgd, optimizer, num_nodes=num_nodes, sample_size=sample_size,
+                       aggregators=aggregators, success_fraction=success_fraction,
+                       membership=membership, lr_decay=lr_decay)
