@@ -172,6 +172,7 @@ def make_summary(records: list[dict], rounds: int, wall: float) -> dict:
           "final_consensus_distance": final["consensus_distance"],
           "final_train_loss": final["train_loss"], "rounds": rounds,
           "comm_bytes": final["comm_bytes"], "comm_bytes_max_node": final["comm_bytes_max_node"],
+          "comm_control_messages": final["comm_control_messages"],
           "wall_seconds": round(wall, 3)}
 
 
