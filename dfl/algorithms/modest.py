@@ -23,8 +23,9 @@ are skipped), S_k and A_k = `first_qualifying(...)`; membership (join/leave/fail
 
 Simulation conventions (the paper's protocol runs asynchronously; this is its round-synchronous
 form):
-  * L_k is `permutation(fold_in(fold_in(run_key, k), SAMPLING_STREAM))`, the same stream FedAvg's
-    server samples from, so s = N, a = 1, sf = 1 without churn is exactly FedAvg with C = 1.
+  * L_k is `permutation(fold_in(fold_in(run_key, k), SAMPLING_STREAM))`, the stream FedAvg's
+    server samples from: without churn, S_k is FedAvg's sample, and with a = 1, sf = 1 MoDeST
+    computes exactly FedAvg with C = s / N (bit for bit), only its communication differs.
   * S_k is chosen at the end of round k - 1, so a participant that fails at round k is still in
     S_k and its model never arrives; from round k + 1 it is skipped. A node joining at round r is
     listed (eligible) from round r + 1; a node leaving at round r is not listed from round r.
