@@ -62,7 +62,7 @@ def stacked_data(exps: list[Experiment]) -> NodeData:
 def check_same_program(exps: list[Experiment], state, data: NodeData, mixing) -> None:
   """Every seed's algorithm must trace to the same round (equations and constants)."""
   def program(exp):
-    inputs = RoundInputs(jnp.int32(0), exp.train_key, mixing, data)
+    inputs = RoundInputs(jnp.int32(0), exp.train_key, mixing, data, exp.train_key)
     closed = jax.make_jaxpr(exp.algorithm.round)(state, inputs)
     return str(closed.jaxpr), closed.consts
   text0, consts0 = program(exps[0])

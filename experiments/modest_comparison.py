@@ -46,7 +46,7 @@ def parse_args():
   p.add_argument("--aggregators", type=int, default=1)
   p.add_argument("--rounds", type=int, default=200)
   p.add_argument("--eval_every", type=int, default=10)
-  p.add_argument("--dpsgd_topology", default="ring")
+  p.add_argument("--dpsgd_topology", default="one_peer_exponential")
   p.add_argument("--dpsgd_degree", type=int, default=0, help="topology.degree if > 0")
   p.add_argument("--targets", nargs="+", default=["mnist=0.9", "fashion_mnist=0.75"],
                  help="DATASET=ACCURACY for the bytes-to-target column")
@@ -73,8 +73,7 @@ def make_config(args, dataset: str, algorithm: str, membership: str = ""):
   if algorithm == "dpsgd":
     c.topology.name = args.dpsgd_topology
     if args.dpsgd_degree > 0:
-      with c.topology.unlocked():
-        c.topology.degree = args.dpsgd_degree
+      c.topology.degree = args.dpsgd_degree
   return c
 
 

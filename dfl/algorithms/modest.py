@@ -63,13 +63,15 @@ ARRIVAL_STREAM = 2**31 - 2  # fold_in tag of the arrival order at the aggregator
 
 class ModestState(NamedTuple):
   node_params: PyTree  # [N, ...] the model each node last held
-  round_model: PyTree  # [...] x^k: the last aggregate (what the sample of round k starts from)
+  # [1, ...] x^k, the last aggregate (what the sample of round k starts from); its node axis of
+  # length 1 broadcasts against node_params under any leading axes (e.g. batched seeds).
+  round_model: PyTree
 
   @property
   def params(self) -> PyTree:
     """[N, ...] view for evaluation: the round model x^k on every row."""
-    n = jax.tree.leaves(self.node_params)[0].shape[0]
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), self.round_model)
+    return jax.tree.map(lambda r, x: jnp.broadcast_to(r, x.shape), self.round_model,
+                        self.node_params)
 
 
 class Selection(NamedTuple):
@@ -131,8 +133,8 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
     return this, following
 
   def init(params_N):
-    x0 = jax.tree.map(lambda x: x[0], params_N)  # MoDeST needs one common starting model
-    node_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_nodes,) + x.shape), x0)
+    x0 = jax.tree.map(lambda x: x[:1], params_N)  # MoDeST needs one common starting model
+    node_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_nodes,) + x.shape[1:]), x0)
     return ModestState(node_params, x0)
 
   def round_fn(state: ModestState, inputs: RoundInputs):
@@ -166,7 +168,7 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
     def average(y_S, previous):
       mask = used_S.reshape((s,) + (1,) * (y_S.ndim - 1))
       mean = jnp.sum(jnp.where(mask, y_S, 0), axis=0) / used.astype(y_S.dtype)
-      return jnp.where(used > 0, mean, previous)
+      return jnp.where(used > 0, mean[None], previous)
 
     round_model = jax.tree.map(average, trained_S, state.round_model)
 
@@ -178,7 +180,7 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
                                state.node_params, trained_S)
     node_params = jax.tree.map(
         lambda x, m: scatter(x, following.nodes, following.valid,
-                             jnp.broadcast_to(m, (s,) + m.shape)), node_params, round_model)
+                             jnp.broadcast_to(m, (s,) + m.shape[1:])), node_params, round_model)
 
     sent_N, received_N, control = _communication(num_nodes, a, sample, delivered_S, following)
     trained = jnp.sum(sample.valid)
