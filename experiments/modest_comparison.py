@@ -6,7 +6,7 @@ converges like FedAvg with far less communication than D-PSGD, and keeps trainin
 nodes fail or new ones join.
 
     python -m experiments.modest_comparison --workdir runs/modest_comparison \
-        --results experiments/results/modest
+        --results experiments/figures/modest
 
 Runs (non-IID MNIST and Fashion-MNIST, configs `experiments/configs/modest_{mnist,fmnist}.py`):
 MoDeST (s participants, a aggregators), FedAvg with the same s clients per round, and D-PSGD on
@@ -39,7 +39,7 @@ COLORS = {"modest": "C0", "fedavg": "C1", "dpsgd": "C2"}
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", default="runs/modest_comparison", help="per-run outputs")
-  p.add_argument("--results", default="experiments/results/modest", help="tables and figures")
+  p.add_argument("--results", default="experiments/figures/modest", help="tables and figures")
   p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"], choices=CONFIGS)
   p.add_argument("--num_nodes", type=int, default=64)
   p.add_argument("--sample_size", type=int, default=10, help="MoDeST s = FedAvg clients/round")
