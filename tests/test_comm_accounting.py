@@ -19,6 +19,7 @@ CASES = {
     "dpsgd": ("dpsgd", {}, 4 * 2, 2, 0),
     "dfedavg": ("dfedavg", {}, 4 * 2, 2, 0),
     "dfedavgm": ("dfedavgm", {}, 4 * 2, 2, 0),
+    "gossip": ("gossip", {}, 4 * 2, 2, 0),
     # Server: 4 downloads + 4 uploads, one of each per client.
     "fedavg": ("fedavg", {"algorithm__client_fraction": 1.0}, 2 * 4, 1, 0),
     # s = 4, a = 2: 4 participants upload to 2 aggregators (8, less the 2 self-deliveries) and
