@@ -56,10 +56,11 @@ def validate_config(config) -> None:
              f"algorithm.gossip_steps={a.gossip_steps} is only used by "
              f"{sorted(USES_GOSSIP_STEPS)}, not algorithm.name={a.name!r}; leave it unset.")
   if a.name == "modest":
-    _require(1 <= a.sample_size <= config.num_nodes, f"algorithm.sample_size must be in "
-             f"[1, num_nodes={config.num_nodes}], got {a.sample_size}.")
-    _require(1 <= a.aggregators <= a.sample_size, f"algorithm.aggregators must be in "
-             f"[1, sample_size={a.sample_size}], got {a.aggregators}.")
+    s = min(10, config.num_nodes) if a.sample_size is None else a.sample_size
+    _require(1 <= s <= config.num_nodes, f"algorithm.sample_size must be in "
+             f"[1, num_nodes={config.num_nodes}], got {s}.")
+    _require(1 <= a.aggregators <= s, f"algorithm.aggregators must be in "
+             f"[1, sample_size={s}], got {a.aggregators}.")
     _require(0 < a.success_fraction <= 1,
              f"algorithm.success_fraction must be in (0, 1], got {a.success_fraction}.")
   parse_schedule(a.membership)  # raises on a malformed schedule

@@ -59,7 +59,7 @@ def get_config():
   c.algorithm.rho = 0.05  # dfedsam/dfedsam_mgs/fedsam: SAM radius (0 = plain SGD)
   c.algorithm.gossip_steps = config_dict.placeholder(int)  # Q; None: 4 for dfedsam_mgs, else 1
   c.algorithm.self_weight = 0.5  # gossip: β, weight on the own model vs. the neighbours' mean
-  c.algorithm.sample_size = 10  # modest: s, nodes that train per round
+  c.algorithm.sample_size = config_dict.placeholder(int)  # modest: s per round; None: min(10, N)
   c.algorithm.aggregators = 1  # modest: a, nodes that aggregate per round (a <= s)
   c.algorithm.success_fraction = 1.0  # modest: sf, aggregate once ceil(sf * s) models arrived
   # modest: join/leave/fail events, "ROUND:EVENT:AMOUNT,..." e.g. "50:fail:0.8,30:join:10"
