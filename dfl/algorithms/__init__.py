@@ -115,11 +115,13 @@ def _gossip(a, ctx: BuildContext) -> Algorithm:
 
 def _modest(a, ctx: BuildContext) -> Algorithm:
   sample_size = min(10, ctx.num_nodes) if a.sample_size is None else a.sample_size  # paper: 10
-  return modest(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=a.local_steps,
+  k, steps_N = local_work(a, ctx.shard_sizes)
+  return modest(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=k,
                 batch_size=a.batch_size, sample_size=sample_size, aggregators=a.aggregators,
                 success_fraction=a.success_fraction,
                 membership=build_membership(ctx.num_nodes, a.membership, seed=ctx.seed),
-                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay)
+                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
+                num_steps_N=steps_N)
 
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {

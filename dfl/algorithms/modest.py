@@ -16,7 +16,8 @@ order of the nodes it believes active, from (seed, k) alone. Round k:
 
 Nodes outside S_k and A_k neither train nor communicate.
 
-Symbols -> names: s = sample_size, a = aggregators, sf = success_fraction, K = local_steps,
+Symbols -> names: s = sample_size, a = aggregators, sf = success_fraction, K = local_steps
+(or local epochs: per-node num_steps_N),
 L_k = `candidate_list(run_key, k)` (a permutation of all node ids; nodes not listed at round k
 are skipped), S_k and A_k = `first_qualifying(...)`; membership (join/leave/fail) =
 `dfl.membership.Membership`.
@@ -100,7 +101,8 @@ def first_qualifying(order_N: jax.Array, listed_N: jax.Array, qualifies_N: jax.A
 
 def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size: int,
                   aggregators: int = 1, success_fraction: float = 1.0,
-                  membership: Membership | None = None, lr_decay: float = 1.0) -> Algorithm:
+                  membership: Membership | None = None, lr_decay: float = 1.0,
+                  num_steps_N: jax.Array | None = None) -> Algorithm:
   """MoDeST's round structure for any local update.
 
   Args:
@@ -112,8 +114,10 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
     success_fraction: sf in (0, 1]; an aggregator proceeds with ceil(sf * s) models.
     membership: join/leave/fail rounds per node; None: every node active throughout.
     lr_decay: eta_t = eta * lr_decay**t.
+    num_steps_N: optional per-node local step counts (one local epoch over unequal shards).
   """
   s, a = sample_size, aggregators
+  steps_N = None if num_steps_N is None else jnp.asarray(num_steps_N, jnp.int32)
   if not 1 <= a <= s <= num_nodes:
     raise ValueError(f"MoDeST needs 1 <= aggregators <= sample_size <= num_nodes, got "
                      f"aggregators={a}, sample_size={s}, num_nodes={num_nodes}.")
@@ -152,12 +156,14 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
     keys_S = node_keys(inputs.key, num_nodes)[sample.nodes]
     lr_scale = jnp.asarray(lr_decay, jnp.float32) ** k
 
-    def train(params, key, shard):
-      trained, _, loss = local_sgd(params, optimizer.init(params), key, shard, lr_scale)
+    steps_S = None if steps_N is None else steps_N[sample.nodes]
+
+    def train(params, key, shard, num_steps):
+      trained, _, loss = local_sgd(params, optimizer.init(params), key, shard, lr_scale, num_steps)
       return trained, loss
 
-    trained_S, loss_S = jax.vmap(train, in_axes=(0, 0, NodeData(None, None, 0, 0)))(
-        start_S, keys_S, shards_S)
+    in_axes = (0, 0, NodeData(None, None, 0, 0), None if steps_S is None else 0)
+    trained_S, loss_S = jax.vmap(train, in_axes=in_axes)(start_S, keys_S, shards_S, steps_S)
 
     # Aggregation: the first `quorum` delivered models to arrive, else all that arrived.
     arrival_S = jax.random.uniform(jax.random.fold_in(inputs.key, ARRIVAL_STREAM), (s,))
@@ -216,10 +222,12 @@ def _communication(num_nodes: int, a: int, sample: Selection, delivered_S: jax.A
 def modest(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, batch_size: int,
            sample_size: int = 10, aggregators: int = 1, success_fraction: float = 1.0,
            membership: Membership | None = None, momentum: float = 0.0,
-           weight_decay: float = 0.0, lr_decay: float = 1.0) -> Algorithm:
-  """MoDeST with K = local_steps steps of local SGD (see the module docstring)."""
+           weight_decay: float = 0.0, lr_decay: float = 1.0,
+           num_steps_N: jax.Array | None = None) -> Algorithm:
+  """MoDeST with K = local_steps steps of local SGD, or per-node `num_steps_N` (local epochs);
+  see the module docstring."""
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size)
   return modest_rounds(local_sgd, optimizer, num_nodes=num_nodes, sample_size=sample_size,
                        aggregators=aggregators, success_fraction=success_fraction,
-                       membership=membership, lr_decay=lr_decay)
+                       membership=membership, lr_decay=lr_decay, num_steps_N=num_steps_N)

@@ -31,12 +31,15 @@ def _reference_selection(run_key, k, listed, qualifies, count):
   return chosen
 
 
-@pytest.mark.parametrize("s", [4, 2])
-def test_equals_fedavg(tiny, s):
+@pytest.mark.parametrize("s, epochs", [(4, 0), (2, 0), (4, 1)])
+def test_equals_fedavg(tiny, s, epochs):
   """a = 1, sf = 1, no churn: bit-for-bit FedAvg with client_fraction = s / N (the sample is
-  drawn from the same stream), in particular with full participation (s = N = 4)."""
-  fedavg = build_experiment(tiny(algorithm__name="fedavg", algorithm__client_fraction=s / 4))
-  modest = build_experiment(tiny(algorithm__name="modest", algorithm__sample_size=s))
+  drawn from the same stream), in particular with full participation (s = N = 4); also with
+  one local epoch per participant (per-node step counts over unequal shards)."""
+  fedavg = build_experiment(tiny(algorithm__name="fedavg", algorithm__client_fraction=s / 4,
+                                 algorithm__local_epochs=epochs))
+  modest = build_experiment(tiny(algorithm__name="modest", algorithm__sample_size=s,
+                                 algorithm__local_epochs=epochs))
   f_state, f_metrics = _run(fedavg, 5)
   m_state, m_metrics = _run(modest, 5)
   for f, m, rows in zip(jax.tree.leaves(f_state.params), jax.tree.leaves(m_state.params),
