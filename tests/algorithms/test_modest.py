@@ -133,7 +133,7 @@ def test_per_node_transfers_match_the_protocol_under_churn(tiny, s, a):
 
 def _marker_algorithm(n, s, sf, membership):
   """A local update that adds 2**i to every weight of node i: the aggregate reveals who counted."""
-  def local_sgd(params, opt_state, key, data, lr_scale):
+  def local_sgd(params, opt_state, key, data, lr_scale, num_steps=None):
     return jax.tree.map(lambda p: p + data.sizes.astype(p.dtype), params), opt_state, 0.0
   algorithm = modest_rounds(local_sgd, optax.sgd(0.1), num_nodes=n, sample_size=s,
                             success_fraction=sf, membership=membership)
