@@ -3,7 +3,7 @@ field, its value and what would be valid."""
 from __future__ import annotations
 
 import topologies
-from dfl import variance_correction
+from dfl import execution, variance_correction
 from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
 from dfl.data import DATASETS
 from dfl.data.partition import PARTITIONS
@@ -67,6 +67,10 @@ def validate_config(config) -> None:
   _require(not a.membership or a.name == "modest",
            f"algorithm.membership={a.membership!r} is only simulated by algorithm.name='modest', "
            f"not {a.name!r}; leave it empty.")
+  try:
+    execution.validate_strategy(config.train.execution)
+  except ValueError as e:
+    raise ValueError(f"train.execution: {e}") from None
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")

@@ -11,11 +11,15 @@ from typing import Callable
 
 import jax
 
+from dfl import execution as execution_lib
 from dfl.algorithms.base import Algorithm, RoundInputs
 
 
-def make_chunk_runner(algorithm: Algorithm) -> Callable:
+def make_chunk_runner(algorithm: Algorithm, execution: str = "auto") -> Callable:
   """Returns run_chunk(state, data, train_key, rounds_R, mixing, per_round_mixing).
+
+  execution: how per-node work is lifted over the nodes (`dfl.execution`; "auto" picks per
+  model and backend).
 
   rounds_R: int32 [R] global round indices. mixing: one operator for every round of the chunk
   (static graph) or one per round, stacked on a leading R axis (`per_round_mixing=True`).
@@ -28,6 +32,9 @@ def make_chunk_runner(algorithm: Algorithm) -> Callable:
       inputs = RoundInputs(t, jax.random.fold_in(train_key, t), mixing_t, data, train_key)
       return algorithm.round(state, inputs)
     xs = (rounds_R, mixing) if per_round_mixing else rounds_R
-    return jax.lax.scan(body, state, xs)
+    with execution_lib.using(execution):  # in force while the rounds are traced
+      return jax.lax.scan(body, state, xs)
+
+  execution_lib.validate_strategy(execution)
 
   return jax.jit(run_chunk, static_argnums=(5,), donate_argnums=(0,))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dfl import execution
 from dfl.mixing import consensus_distance, node_mean
 
 
@@ -30,7 +31,8 @@ def _batched(x: np.ndarray, y: np.ndarray, batch_size: int):
 
 
 def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *,
-                   batch_size: int = 1000, local_examples: int = 0) -> Callable:
+                   batch_size: int = 1000, local_examples: int = 0,
+                   execution_strategy: str = "auto") -> Callable:
   """Returns evaluate(params_N) -> dict of scalar device arrays.
 
   Keys: test_accuracy, test_loss (node-averaged model x̄ on the whole test set),
@@ -55,7 +57,8 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
   @jax.jit
   def evaluate(params_N, full, local):
     acc, loss = totals(node_mean(params_N), *full)
-    local_acc_N, _ = jax.vmap(totals, in_axes=(0, None, None, None))(params_N, *local)
+    with execution.using(execution_strategy):
+      local_acc_N, _ = execution.node_map(totals, in_axes=(0, None, None, None))(params_N, *local)
     return {"test_accuracy": acc, "test_loss": loss,
             "test_accuracy_local_mean": jnp.mean(local_acc_N),
             "consensus_distance": consensus_distance(params_N)}

@@ -118,9 +118,11 @@ def build_experiment(config) -> Experiment:
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
-                            local_examples=config.eval.local_examples)
+                            local_examples=config.eval.local_examples,
+                            execution_strategy=config.train.execution)
   return Experiment(config, dataset, shards, data, model, topology, algorithm,
-                    placement.runner(make_chunk_runner(algorithm)), evaluate,
+                    placement.runner(make_chunk_runner(algorithm, config.train.execution)),
+                    evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
                     tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement)
 

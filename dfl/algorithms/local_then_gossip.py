@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
+from dfl.execution import node_map
 from dfl.mixing import messages_per_step, mix
 
 PyTree = object
@@ -58,13 +59,16 @@ def local_then_gossip(local_sgd: Callable, optimizer: optax.GradientTransformati
     keys = node_keys(inputs.key, n)
     node_data = inputs.data
     in_data = type(node_data)(None, None, 0, 0)  # x, y shared; one shard row per node
+    # Lifted over nodes by the execution strategy in force (vmap or a loop over nodes).
     if num_steps_N is None:
-      local = jax.vmap(lambda p, o, k, d: local_sgd(p, o, k, d, lr_scale),
-                       in_axes=(0, 0, 0, in_data))
+      def local_phase(p, o, k, d):
+        return local_sgd(p, o, k, d, lr_scale)
+      local = node_map(local_phase, in_axes=(0, 0, 0, in_data))
       params, opt_state, loss_N = local(state.params, opt_state, keys, node_data)
     else:
-      local = jax.vmap(lambda p, o, k, d, s: local_sgd(p, o, k, d, lr_scale, s),
-                       in_axes=(0, 0, 0, in_data, 0))
+      def local_phase(p, o, k, d, s):
+        return local_sgd(p, o, k, d, lr_scale, s)
+      local = node_map(local_phase, in_axes=(0, 0, 0, in_data, 0))
       params, opt_state, loss_N = local(state.params, opt_state, keys, node_data, num_steps_N)
     for _ in range(gossip_steps):
       params = mixer(inputs.mixing, params)

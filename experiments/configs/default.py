@@ -80,6 +80,9 @@ def get_config():
 
   c.train = config_dict.ConfigDict()
   c.train.rounds = 200
+  # How per-node work is lifted over nodes (dfl/execution.py): auto | vmap | map | chunk:G.
+  # auto picks per model and backend (a loop over nodes for convolutions on CPU) and logs it.
+  c.train.execution = "auto"
 
   c.eval = config_dict.ConfigDict()
   c.eval.every_rounds = 10  # also the number of rounds compiled into one host sync
