@@ -40,11 +40,14 @@ def mix(mixing: Mixing, tree: PyTree) -> PyTree:
       return (W_NxN.astype(x_NxD.dtype) @ x_NxD).reshape(x_N.shape)
     return jax.tree.map(dense, tree)
 
-  idx_NxK, w_NxK = mixing.indices, mixing.weights
+  idx_NxK = mixing.indices
 
   def sparse(x_N):
+    # One row gather and multiply-add per neighbour slot: XLA fuses these into a single pass
+    # over the output; an einsum over [N, K, D] would become N tiny batched dots on CPU.
     x_NxD = x_N.reshape(x_N.shape[0], -1)
-    out_NxD = jnp.einsum("nk,nkd->nd", w_NxK.astype(x_NxD.dtype), x_NxD[idx_NxK])
+    w_NxK = mixing.weights.astype(x_NxD.dtype)
+    out_NxD = sum(w_NxK[:, k, None] * x_NxD[idx_NxK[:, k]] for k in range(idx_NxK.shape[1]))
     return out_NxD.reshape(x_N.shape)
   return jax.tree.map(sparse, tree)
 

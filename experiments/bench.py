@@ -1,0 +1,387 @@
+"""Throughput benchmark of the compiled engine against per-client loops (issue 9).
+
+    python -m experiments.bench                                   # W1-W4 + gossip, CPU-sized
+    python -m experiments.bench --workloads W1,W4 --repeats 7 --torch-python /work/torchvenv/bin/python
+
+Workloads (Fashion-MNIST, Dirichlet alpha 0.3, ring with Metropolis-Hastings weights (1/3),
+5 local steps of batch 32, lr 0.1, no momentum):
+  W1   32 nodes, MLP 784-200-200-10, DFedSAM (rho 0.05)      W3   1024 nodes, MLP, DFedAvg
+  W2   16 nodes, LeNet-5 CNN, DFedSAM (rho 0.05)             W3x2 2048 nodes (W3's scaling)
+  W4   256 nodes, logistic regression 784->10, DFedAvg
+DFedSAM is local SGD with the SAM gradient (`dfl.sam`) followed by one gossip step; DFedAvg is
+the same with rho = 0.
+
+Each workload runs in its own subprocess (its own peak resident memory). In one process, side
+by side and interleaved `--repeats` times: a 2048x2048 f32 matmul (the machine's rate at that
+moment, the MFU reference), a chunk of `--rounds` compiled rounds, and a Python loop over nodes
+of a jitted single-node local phase plus one jitted gossip (what a careful per-client JAX
+simulator does). With `--torch-python`, the PyTorch per-client loop of
+`../shared/peers/torch_loop_dfedsam.py` runs right after each workload (W1, W2, W4). Ratios are
+taken within a repeat, then the median over repeats is reported with its spread (min-max), since
+the shared machine's speed drifts between runs.
+
+Model FLOPs per round = XLA's cost analysis of one node's gradient (SAM: two passes) on one
+batch x local steps x nodes; the optimizer update and data gathering are not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TORCH_SCRIPT_NAME = "torch_loop_dfedsam.py"
+
+WORKLOADS = {
+    "W1": dict(nodes=32, model="mlp", rho=0.05, torch_args=["--model", "mlp", "--nodes", "32"]),
+    "W2": dict(nodes=16, model="cnn", rho=0.05,
+               torch_args=["--model", "cnn", "--nodes", "16", "--skip-local-eval"]),
+    "W3": dict(nodes=1024, model="mlp", rho=0.0, torch_args=None),
+    "W3x2": dict(nodes=2048, model="mlp", rho=0.0, torch_args=None),
+    "W4": dict(nodes=256, model="logreg", rho=0.0,
+               torch_args=["--model", "logreg", "--nodes", "256", "--rho", "0",
+                           "--skip-local-eval"]),
+}
+LOCAL_STEPS, BATCH, LR, ALPHA = 5, 32, 0.1, 0.3
+
+
+def find_shared(sub: str) -> pathlib.Path | None:
+  for parent in [REPO, *REPO.parents]:
+    if (parent / "shared" / sub).exists():
+      return parent / "shared" / sub
+  return None
+
+
+def _median_spread(values) -> dict:
+  return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# ----------------------------------------------------------------------------- one workload
+def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir: str,
+                 loop_baseline: bool) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from dfl import execution as execution_lib
+  from dfl.algorithms.local_then_gossip import local_then_gossip
+  from dfl.engine import make_chunk_runner
+  from dfl.local import NodeData, make_local_sgd, make_optimizer
+  from dfl.mixing import mix
+  from dfl.models import cross_entropy_loss
+  from dfl.sam import sam_gradient
+  from dfl.train import build_experiment, mixing_operator, use_sparse_mixing
+  from experiments.configs import default
+
+  spec = WORKLOADS[name]
+  n = spec["nodes"]
+  c = default.get_config()
+  c.num_nodes = n
+  c.data.name, c.data.dir, c.data.partition, c.data.alpha = "fashion_mnist", data_dir, "dirichlet", ALPHA
+  c.model.name = spec["model"]
+  c.topology.name = "ring"
+  c.algorithm.local_steps, c.algorithm.batch_size, c.algorithm.lr = LOCAL_STEPS, BATCH, LR
+  c.train.execution = execution
+  exp = build_experiment(c)
+  loss_fn = cross_entropy_loss(exp.model)
+  optimizer = make_optimizer(lr=LR)
+  gradient = sam_gradient(loss_fn, spec["rho"])
+  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=LOCAL_STEPS, batch_size=BATCH,
+                             gradient=gradient)
+  algorithm = local_then_gossip(local_sgd, optimizer)
+  run_chunk = make_chunk_runner(algorithm, execution)
+  mixing = mixing_operator(exp.topology, 0, use_sparse_mixing("auto", exp.topology.matrix(0)))
+  data, key = exp.data, exp.train_key
+
+  # Model FLOPs of one node's gradient on one batch.
+  one = jax.tree.map(lambda x: x[0], exp.init_params)
+  xb = jax.ShapeDtypeStruct((BATCH,) + data.x.shape[1:], data.x.dtype)
+  yb = jax.ShapeDtypeStruct((BATCH,), data.y.dtype)
+  cost = jax.jit(gradient).lower(one, xb, yb).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_per_round = float(cost["flops"]) * LOCAL_STEPS * n
+
+  A = jnp.asarray(np.random.default_rng(0).normal(size=(2048, 2048)).astype(np.float32))
+  matmul = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(matmul(A))
+
+  def time_matmul():
+    t = time.perf_counter()
+    jax.block_until_ready(matmul(A))
+    return 2 * 2048 ** 3 / (time.perf_counter() - t)
+
+  state = algorithm.init(exp.init_params)
+  done, losses = 0, []
+
+  def engine_chunk():
+    nonlocal state, done
+    rounds_R = jnp.arange(done, done + rounds, dtype=jnp.int32)
+    t = time.perf_counter()
+    state, metrics = run_chunk(state, data, key, rounds_R, mixing, False)
+    losses.append(float(metrics.loss.mean()))  # the chunk's one host sync
+    done += rounds
+    return time.perf_counter() - t
+
+  first = engine_chunk()
+  steady = engine_chunk()
+  peak_engine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # GiB
+  assert run_chunk._cache_size() == 1, "recompiled between chunks"
+  strategy = execution_lib.chosen.get(
+      "local_then_gossip.<locals>.round_fn.<locals>.local_phase", (execution, ""))
+
+  evaluate = exp.evaluate
+  jax.block_until_ready(evaluate(state.params))
+  eval_times = []
+  for _ in range(2):
+    t = time.perf_counter()
+    jax.block_until_ready(evaluate(state.params))
+    eval_times.append(time.perf_counter() - t)
+
+  # The per-client loop: one jitted call per node (its whole local phase), one jitted gossip.
+  x_all, y_all = data.x, data.y
+  rows = [data.indices[i] for i in range(n)]
+  sizes = [data.sizes[i] for i in range(n)]
+
+  @jax.jit
+  def node_phase(params, round_key, i, indices, size):
+    k = jax.random.fold_in(round_key, i)
+    out = local_sgd(params, optimizer.init(params), k, NodeData(x_all, y_all, indices, size))
+    return out[0], out[2]
+
+  @jax.jit
+  def gossip(params_list):
+    mixed = mix(mixing, jax.tree.map(lambda *xs: jnp.stack(xs), *params_list))
+    return [jax.tree.map(lambda x: x[i], mixed) for i in range(n)]
+
+  node_params = [jax.tree.map(lambda x: x[i], state.params) for i in range(n)]
+  index_args = [jnp.int32(i) for i in range(n)]
+
+  def loop_round(t):
+    nonlocal node_params
+    round_key = jax.random.fold_in(key, t)
+    start = time.perf_counter()
+    outs = [node_phase(node_params[i], round_key, index_args[i], rows[i], sizes[i])
+            for i in range(n)]
+    node_params = gossip([p for p, _ in outs])
+    jax.block_until_ready(node_params)
+    return time.perf_counter() - start
+
+  if loop_baseline:
+    loop_round(0)
+    loop_round(1)  # compiled, warm
+  samples = []
+  for r in range(repeats):
+    rate = time_matmul()
+    engine = engine_chunk() / rounds
+    loop = (statistics.median(loop_round(r) for _ in range(min(rounds, 3)))
+            if loop_baseline else float("nan"))
+    samples.append((rate, engine, loop))
+  rates, engine_s, loop_s = map(list, zip(*samples))
+  mfu = [flops_per_round / e / m for m, e, _ in samples]
+  return {
+      "workload": name, "nodes": n, "model": spec["model"], "rho": spec["rho"],
+      "strategy": strategy[0], "strategy_reason": strategy[1], "backend": jax.default_backend(),
+      "rounds_per_chunk": rounds, "repeats": repeats,
+      "compile_s": first - steady, "round_s": _median_spread(engine_s),
+      "node_steps_per_s": n * LOCAL_STEPS / statistics.median(engine_s),
+      "flops_per_round": flops_per_round,
+      "model_flops_per_s": flops_per_round / statistics.median(engine_s),
+      "matmul_flops_per_s": _median_spread(rates), "mfu": _median_spread(mfu),
+      "peak_rss_gib_engine": peak_engine,
+      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+      "eval_s": statistics.median(eval_times),
+      "loop_round_s": _median_spread(loop_s) if loop_baseline else None,
+      "engine_over_loop": (_median_spread([l / e for _, e, l in samples]) if loop_baseline
+                           else None),
+      "train_loss_first_last": [losses[0], losses[-1]],
+  }
+
+
+# ----------------------------------------------------------------------------- gossip
+def _graph(name: str, n: int):
+  """Neighbour form (indices [N, K], uniform weights) of ring, 2-D torus or exponential graph."""
+  import numpy as np
+  i = np.arange(n)
+  if name == "ring":
+    cols = [i, (i - 1) % n, (i + 1) % n]
+  elif name == "torus":
+    rows = max(d for d in range(1, int(n ** 0.5) + 1) if n % d == 0)
+    w = n // rows
+    r, c = i // w, i % w
+    cols = [i] + [((r + dr) % rows) * w + (c + dc) % w for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+  elif name == "exponential":  # i -> i + 2^k (Ying et al. 2021), static, self included
+    cols = [i] + [(i + 2 ** k) % n for k in range(int(np.log2(n)))]
+  else:
+    raise ValueError(f"gossip benchmark: unknown graph {name!r}; valid: ring, torus, exponential.")
+  indices = np.stack(cols, axis=1).astype(np.int32)
+  return indices, np.full(indices.shape, 1.0 / indices.shape[1], np.float32)
+
+
+def run_gossip(sizes: list[int], dim: int, dense_max: int, repeats: int) -> list[dict]:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from dfl.mixing import DenseMixing, SparseMixing, mix
+
+  mix_jit = jax.jit(mix)
+  out = []
+  for n in sizes:
+    x = jnp.asarray(np.random.default_rng(n).normal(size=(n, dim)).astype(np.float32))
+    for name in ("ring", "torus", "exponential"):
+      indices, weights = _graph(name, n)
+      sparse = SparseMixing(jnp.asarray(indices), jnp.asarray(weights))
+      ops = {"sparse": sparse}
+      if n <= dense_max:
+        W = np.zeros((n, n), np.float32)
+        np.add.at(W, (np.repeat(np.arange(n), indices.shape[1]), indices.ravel()), weights.ravel())
+        ops["dense"] = DenseMixing(jnp.asarray(W))
+      times = {k: [] for k in ops}
+      for k, op in ops.items():
+        jax.block_until_ready(mix_jit(op, x))
+      for _ in range(repeats):
+        for k, op in ops.items():
+          t = time.perf_counter()
+          jax.block_until_ready(mix_jit(op, x))
+          times[k].append(time.perf_counter() - t)
+      row = {"graph": name, "nodes": n, "degree": int(indices.shape[1]), "dim": dim,
+             "sparse_s": statistics.median(times["sparse"])}
+      if "dense" in times:
+        row["dense_s"] = statistics.median(times["dense"])
+        row["dense_over_sparse"] = statistics.median(
+            d / s for d, s in zip(times["dense"], times["sparse"]))
+      if np.abs(np.asarray(mix_jit(sparse, x)) - np.asarray(
+          mix_jit(ops["dense"], x) if "dense" in ops else mix_jit(sparse, x))).max() > 1e-4:
+        raise AssertionError(f"dense and sparse mixing disagree on {name}, N={n}")
+      out.append(row)
+  return out
+
+
+# ----------------------------------------------------------------------------- torch peer
+def run_torch(python: str, script: str, data_dir: str, name: str, rounds: int) -> dict:
+  cmd = [python, script, "--data-dir", os.path.join(data_dir, "fashion_mnist"), "--rounds",
+         str(rounds), *WORKLOADS[name]["torch_args"]]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  m = re.search(r"SUMMARY median s/round \(after 1st\) ([0-9.]+)\s+min ([0-9.]+)", proc.stdout)
+  if proc.returncode or not m:
+    raise RuntimeError(f"torch peer failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+  return {"round_s": float(m.group(1)), "min_round_s": float(m.group(2))}
+
+
+# ----------------------------------------------------------------------------- driver
+def _worker(args) -> None:
+  if args.worker == "gossip":
+    result = {"gossip": run_gossip(args.gossip_sizes, args.gossip_dim, args.gossip_dense_max,
+                                   args.repeats)}
+  else:
+    result = run_workload(args.worker, args.rounds, args.repeats, args.execution, args.data_dir,
+                          not args.no_loop)
+  print("RESULT " + json.dumps(result), flush=True)
+
+
+def _spawn(args, worker: str) -> dict:
+  cmd = [sys.executable, "-m", "experiments.bench", "--worker", worker, "--rounds",
+         str(args.rounds), "--repeats", str(args.repeats), "--execution", args.execution,
+         "--data-dir", args.data_dir, "--gossip-sizes", ",".join(map(str, args.gossip_sizes)),
+         "--gossip-dim", str(args.gossip_dim), "--gossip-dense-max", str(args.gossip_dense_max)]
+  if args.no_loop:
+    cmd.append("--no-loop")
+  env = dict(os.environ)
+  if args.xla_flags:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
+  line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+  if proc.returncode or line is None:
+    raise RuntimeError(f"benchmark worker {worker} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+  return json.loads(line[len("RESULT "):])
+
+
+def _fmt_spread(s: dict, scale: float = 1.0, fmt: str = "{:.3f}") -> str:
+  return (fmt.format(s["median"] * scale) + " (" + fmt.format(s["min"] * scale) + "–"
+          + fmt.format(s["max"] * scale) + ")")
+
+
+def print_tables(results: list[dict], gossip: list[dict]) -> None:
+  if results:
+    print("\n| workload | N | model | strategy | compile s | s/round median (min–max) | "
+          "node-steps/s | model GFLOP/s | matmul GFLOP/s | MFU | peak RSS GiB | eval s | "
+          "per-node jitted loop s/round | engine vs loop | torch loop s/round | engine vs torch |")
+    print("|" + "---|" * 16)
+    for r in results:
+      loop, torch = r["loop_round_s"], r.get("torch")
+      cells = [r["workload"], r["nodes"], r["model"] + (" SAM" if r["rho"] else ""), r["strategy"],
+               f"{r['compile_s']:.1f}", _fmt_spread(r["round_s"]), f"{r['node_steps_per_s']:.0f}",
+               f"{r['model_flops_per_s'] / 1e9:.1f}",
+               f"{r['matmul_flops_per_s']['median'] / 1e9:.0f}",
+               _fmt_spread(r["mfu"], 100, "{:.0f}") + "%", f"{r['peak_rss_gib_engine']:.2f}",
+               f"{r['eval_s']:.3f}", _fmt_spread(loop) if loop else "–",
+               _fmt_spread(r["engine_over_loop"], 1, "{:.2f}") + "×" if loop else "–",
+               f"{torch['round_s']:.3f}" if torch else "–",
+               f"{torch['round_s'] / r['round_s']['median']:.2f}×" if torch else "–"]
+      print("| " + " | ".join(map(str, cells)) + " |")
+  if gossip:
+    print("\n| graph | N | K | dim | dense W@x ms | sparse ms | dense / sparse |")
+    print("|" + "---|" * 7)
+    for g in gossip:
+      dense = f"{g['dense_s'] * 1e3:.2f}" if "dense_s" in g else "skipped"
+      ratio = f"{g['dense_over_sparse']:.1f}×" if "dense_s" in g else "–"
+      print(f"| {g['graph']} | {g['nodes']} | {g['degree']} | {g['dim']} | {dense} | "
+            f"{g['sparse_s'] * 1e3:.2f} | {ratio} |")
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workloads", default="W1,W2,W3,W4",
+                 help=f"comma-separated subset of {sorted(WORKLOADS)} (empty: none)")
+  p.add_argument("--rounds", type=int, default=5, help="rounds per compiled chunk")
+  p.add_argument("--repeats", type=int, default=5, help="interleaved timed repetitions")
+  p.add_argument("--execution", default="auto", help="auto | vmap | map | chunk:G (dfl.execution)")
+  p.add_argument("--data-dir", default=os.environ.get("DFL_DATA_DIR") or str(find_shared("data") or ""))
+  p.add_argument("--no-loop", action="store_true", help="skip the per-node jitted loop baseline")
+  p.add_argument("--torch-python", default="", help="python with torch==2.13.0: also run the peer")
+  p.add_argument("--torch-rounds", type=int, default=6)
+  p.add_argument("--no-gossip", action="store_true")
+  p.add_argument("--gossip-sizes", default="64,256,1024,4096")
+  p.add_argument("--gossip-dim", type=int, default=7850, help="floats per node model (logreg)")
+  p.add_argument("--gossip-dense-max", type=int, default=2048, help="largest N for dense W@x")
+  p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the workers")
+  p.add_argument("--json", default="", help="also write all results to this file")
+  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  args.gossip_sizes = [int(s) for s in str(args.gossip_sizes).split(",") if s]
+  workloads = [w for w in args.workloads.split(",") if w]
+  unknown = [w for w in workloads if w not in WORKLOADS]
+  if unknown:
+    p.error(f"unknown workload {unknown[0]!r}; valid: {sorted(WORKLOADS)}")
+  if args.worker:
+    return _worker(args)
+  if not args.data_dir:
+    p.error("Fashion-MNIST not found: pass --data-dir or set DFL_DATA_DIR")
+  torch_script = find_shared("peers") and find_shared("peers") / TORCH_SCRIPT_NAME
+
+  results = []
+  for w in workloads:
+    print(f"running {w} ...", file=sys.stderr, flush=True)
+    r = _spawn(args, w)
+    if args.torch_python and WORKLOADS[w]["torch_args"]:
+      r["torch"] = run_torch(args.torch_python, str(torch_script), args.data_dir, w,
+                             args.torch_rounds)
+    results.append(r)
+  gossip = [] if args.no_gossip else _spawn(args, "gossip")["gossip"]
+  import jax  # only for the header line
+  print(f"\ndfl benchmark, jax {jax.__version__} {jax.default_backend()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d')}, XLA_FLAGS={args.xla_flags or os.environ.get('XLA_FLAGS', '')!r}")
+  print_tables(results, gossip)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"workloads": results, "gossip": gossip}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
