@@ -40,12 +40,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TORCH_SCRIPT_NAME = "torch_loop_dfedsam.py"
 
 WORKLOADS = {
-    "W1": dict(nodes=32, model="mlp", rho=0.05, torch_args=["--model", "mlp", "--nodes", "32"]),
-    "W2": dict(nodes=16, model="cnn", rho=0.05,
+    "W1": dict(nodes=32, model="mlp", rho=0.05, rounds=5, torch_args=["--model", "mlp", "--nodes", "32"]),
+    "W2": dict(nodes=16, model="cnn", rho=0.05, rounds=1,
                torch_args=["--model", "cnn", "--nodes", "16", "--skip-local-eval"]),
-    "W3": dict(nodes=1024, model="mlp", rho=0.0, torch_args=None),
-    "W3x2": dict(nodes=2048, model="mlp", rho=0.0, torch_args=None),
-    "W4": dict(nodes=256, model="logreg", rho=0.0,
+    "W3": dict(nodes=1024, model="mlp", rho=0.0, rounds=2, torch_args=None),
+    "W3x2": dict(nodes=2048, model="mlp", rho=0.0, rounds=2, torch_args=None),
+    "W4": dict(nodes=256, model="logreg", rho=0.0, rounds=5,
                torch_args=["--model", "logreg", "--nodes", "256", "--rho", "0",
                            "--skip-local-eval"]),
 }
@@ -81,7 +81,7 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
   from experiments.configs import default
 
   spec = WORKLOADS[name]
-  n = spec["nodes"]
+  n, rounds = spec["nodes"], rounds or spec["rounds"]
   c = default.get_config()
   c.num_nodes = n
   c.data.name, c.data.dir, c.data.partition, c.data.alpha = "fashion_mnist", data_dir, "dirichlet", ALPHA
@@ -339,7 +339,8 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workloads", default="W1,W2,W3,W4",
                  help=f"comma-separated subset of {sorted(WORKLOADS)} (empty: none)")
-  p.add_argument("--rounds", type=int, default=5, help="rounds per compiled chunk")
+  p.add_argument("--rounds", type=int, default=0,
+                 help="rounds per compiled chunk (0: the workload's default, 1-5)")
   p.add_argument("--repeats", type=int, default=5, help="interleaved timed repetitions")
   p.add_argument("--execution", default="auto", help="auto | vmap | map | chunk:G (dfl.execution)")
   p.add_argument("--data-dir", default=os.environ.get("DFL_DATA_DIR") or str(find_shared("data") or ""))
