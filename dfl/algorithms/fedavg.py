@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
+from dfl.execution import node_map
 from dfl.local import NodeData, make_local_sgd, make_optimizer
 
 PyTree = object
@@ -62,7 +63,7 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
       return params, loss
 
     in_axes = (0, NodeData(None, None, 0, 0), None if steps_M is None else 0)
-    trained_M, loss_M = jax.vmap(train_client, in_axes=in_axes)(keys_M, sample_data, steps_M)
+    trained_M, loss_M = node_map(train_client, in_axes=in_axes)(keys_M, sample_data, steps_M)
     new_global = jax.tree.map(lambda y: jnp.mean(y, axis=0), trained_M)
     params_N = jax.tree.map(lambda g: jnp.broadcast_to(g, (num_nodes,) + g.shape), new_global)
     sampled_N = jnp.zeros(num_nodes, jnp.int32).at[clients_M].set(1)
