@@ -97,7 +97,7 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
                              gradient=gradient)
   algorithm = local_then_gossip(local_sgd, optimizer)
   run_chunk = make_chunk_runner(algorithm, execution)
-  mixing = mixing_operator(exp.topology, 0, use_sparse_mixing("auto", exp.topology.matrix(0)))
+  mixing = mixing_operator(exp.topology, 0, use_sparse_mixing("auto", exp.topology))
   data, key = exp.data, exp.train_key
 
   # Model FLOPs of one node's gradient on one batch.
@@ -205,29 +205,11 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
 
 
 # ----------------------------------------------------------------------------- gossip
-def _graph(name: str, n: int):
-  """Neighbour form (indices [N, K], uniform weights) of ring, 2-D torus or exponential graph."""
-  import numpy as np
-  i = np.arange(n)
-  if name == "ring":
-    cols = [i, (i - 1) % n, (i + 1) % n]
-  elif name == "torus":
-    rows = max(d for d in range(1, int(n ** 0.5) + 1) if n % d == 0)
-    w = n // rows
-    r, c = i // w, i % w
-    cols = [i] + [((r + dr) % rows) * w + (c + dc) % w for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))]
-  elif name == "exponential":  # i -> i + 2^k (Ying et al. 2021), static, self included
-    cols = [i] + [(i + 2 ** k) % n for k in range(int(np.log2(n)))]
-  else:
-    raise ValueError(f"gossip benchmark: unknown graph {name!r}; valid: ring, torus, exponential.")
-  indices = np.stack(cols, axis=1).astype(np.int32)
-  return indices, np.full(indices.shape, 1.0 / indices.shape[1], np.float32)
-
-
 def run_gossip(sizes: list[int], dim: int, dense_max: int, repeats: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
   import numpy as np
+  import topologies
   from dfl.mixing import DenseMixing, SparseMixing, mix
 
   mix_jit = jax.jit(mix)
@@ -235,13 +217,12 @@ def run_gossip(sizes: list[int], dim: int, dense_max: int, repeats: int) -> list
   for n in sizes:
     x = jnp.asarray(np.random.default_rng(n).normal(size=(n, dim)).astype(np.float32))
     for name in ("ring", "torus", "exponential"):
-      indices, weights = _graph(name, n)
-      sparse = SparseMixing(jnp.asarray(indices), jnp.asarray(weights))
+      topology = topologies.make(name, n)  # Metropolis-Hastings weights
+      indices, weights = topology.neighbors(0)
+      sparse = SparseMixing(jnp.asarray(indices), jnp.asarray(weights, jnp.float32))
       ops = {"sparse": sparse}
       if n <= dense_max:
-        W = np.zeros((n, n), np.float32)
-        np.add.at(W, (np.repeat(np.arange(n), indices.shape[1]), indices.ravel()), weights.ravel())
-        ops["dense"] = DenseMixing(jnp.asarray(W))
+        ops["dense"] = DenseMixing(jnp.asarray(topology.matrix(0), jnp.float32))
       times = {k: [] for k in ops}
       for k, op in ops.items():
         jax.block_until_ready(mix_jit(op, x))
