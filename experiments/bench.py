@@ -355,6 +355,7 @@ def main(argv=None) -> None:
       r["torch"] = run_torch(args.torch_python, str(torch_script), args.data_dir, w,
                              args.torch_rounds)
     results.append(r)
+    print(json.dumps(r), file=sys.stderr, flush=True)  # partial results survive an interrupt
   gossip = [] if args.no_gossip else _spawn(args, "gossip")["gossip"]
   import jax  # only for the header line
   print(f"\ndfl benchmark, jax {jax.__version__} {jax.default_backend()}, {os.cpu_count()} cores, "
