@@ -55,6 +55,7 @@ import jax.numpy as jnp
 
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.algorithms.fedavg import SAMPLING_STREAM
+from dfl.execution import node_map
 from dfl.local import NodeData, make_local_sgd, make_optimizer
 from dfl.membership import Membership, static_membership
 
@@ -163,7 +164,7 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
       return trained, loss
 
     in_axes = (0, 0, NodeData(None, None, 0, 0), None if steps_S is None else 0)
-    trained_S, loss_S = jax.vmap(train, in_axes=in_axes)(start_S, keys_S, shards_S, steps_S)
+    trained_S, loss_S = node_map(train, in_axes=in_axes)(start_S, keys_S, shards_S, steps_S)
 
     # Aggregation: the first `quorum` delivered models to arrive, else all that arrived.
     arrival_S = jax.random.uniform(jax.random.fold_in(inputs.key, ARRIVAL_STREAM), (s,))
