@@ -81,6 +81,12 @@ def validate_config(config) -> None:
   _require(isinstance(config.mesh.devices, int) and config.mesh.devices >= 0,
            f"mesh.devices must be an integer >= 0 (0 = all local devices), got "
            f"{config.mesh.devices!r}.")
+  ck = config.checkpoint
+  _require(isinstance(ck.every_rounds, int) and ck.every_rounds >= 0,
+           f"checkpoint.every_rounds must be an integer >= 0 (0: only at the end and on "
+           f"SIGTERM/SIGINT), got {ck.every_rounds!r}.")
+  _require(isinstance(ck.max_to_keep, int) and ck.max_to_keep >= 1,
+           f"checkpoint.max_to_keep must be an integer >= 1, got {ck.max_to_keep!r}.")
 
 
 def _validate_variance_correction(vc, algorithm_name: str) -> None:

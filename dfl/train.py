@@ -2,8 +2,9 @@
 
 The only module that reads the config. It builds data, model, topology and algorithm, then runs
 the compiled rounds in chunks of `eval.every_rounds` (one host sync per chunk), evaluating
-after each chunk. Outputs in `workdir`: config.json, metrics.jsonl (one JSON object per
-evaluation), summary.json at the end.
+after each chunk and checkpointing at chunk ends (dfl/checkpoint.py). Outputs in `workdir`:
+config.json, metrics.jsonl (one JSON object per evaluation), checkpoints/, summary.json at the
+end. Re-running the same command in the same workdir resumes from the newest checkpoint.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import dataclasses
 import functools
 import json
 import os
+import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -21,6 +24,7 @@ from absl import logging
 from tqdm import tqdm
 
 import topologies
+from dfl import checkpoint
 from dfl.algorithms import USES_TOPOLOGY, Algorithm, BuildContext, build_algorithm
 from dfl.config_checks import validate_config
 from dfl.data import Dataset, load_dataset
@@ -28,7 +32,7 @@ from dfl.data.partition import pack_shards, partition
 from dfl.engine import make_chunk_runner
 from dfl.evaluation import make_evaluator
 from dfl.local import NodeData
-from dfl.metric_writers import MultiWriter, make_metric_writer
+from dfl.metric_writers import TENSORBOARD_SUBDIR, MultiWriter, make_metric_writer
 from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
 from dfl.models import cross_entropy_loss, make_model
 from dfl.sharding import NodePlacement, is_main_process, make_placement
@@ -150,6 +154,16 @@ class CommCounter:
                 int(max(self.sent_N.max(), self.received_N.max())) * self.model_bytes,
             "comm_control_messages": self.control_messages}
 
+  def state_dict(self) -> dict:
+    return {"transfers": self.transfers, "control_messages": self.control_messages,
+            "sent_N": self.sent_N.tolist(), "received_N": self.received_N.tolist()}
+
+  def load_state_dict(self, saved: dict) -> None:
+    self.transfers = int(saved["transfers"])
+    self.control_messages = int(saved["control_messages"])
+    self.sent_N = np.asarray(saved["sent_N"], np.int64)
+    self.received_N = np.asarray(saved["received_N"], np.int64)
+
 
 def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCounter,
                       wall: float) -> dict:
@@ -189,65 +203,235 @@ def _before_merge(records: list, merge_start: int) -> dict:
           "before_merge_test_accuracy": before["test_accuracy"]}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs the experiment described by `config`, writing its outputs to `workdir`.
+@dataclasses.dataclass
+class Progress:
+  """What the driver carries from chunk to chunk; a checkpoint holds all of it."""
+  round: int  # rounds completed
+  state: Any  # the algorithm state, every leaf [N, ...]
+  comm: CommCounter
+  wall_offset: float  # seconds earlier processes spent on this run, up to their checkpoint
+  records: list  # the evaluation records so far, as in metrics.jsonl
 
+
+_OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", TENSORBOARD_SUBDIR)
+
+
+def _mixing_source(exp: Experiment) -> Callable:
+  """Returns mixing_for(begin, end) -> (mixing operator(s), per_round) for rounds [begin, end)."""
+  sparse = use_sparse_mixing(exp.config.topology.mixing_form, exp.topology)
+  if not exp.topology.time_varying:
+    static = mixing_operator(exp.topology, 0, sparse)
+    return lambda begin, end: (static, False)
+
+  def mixing_for(begin, end):
+    ops = [mixing_operator(exp.topology, t, sparse) for t in range(begin, end)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *ops), True
+  return mixing_for
+
+
+def run_config_dict(config_dict: dict) -> dict:
+  """A config (as a dict) the way it is compared on resume. A schedule's horizon
+  (topology.num_rounds) defaults to train.rounds; it is spelled out, so extending train.rounds
+  is refused where it would move a final merge."""
+  topology = config_dict.get("topology", {})
+  if topology.get("schedule", "none") != "none" and topology.get("num_rounds") is None:
+    config_dict = {**config_dict, "topology": {**topology,
+                                               "num_rounds": config_dict["train"]["rounds"]}}
+  return config_dict
+
+
+def _check_previous_config(workdir: str, now: dict) -> None:
+  """A workdir without checkpoints may still hold outputs of another run: never overwrite it."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and os.path.exists(path):
+    with open(path) as f:
+      saved = run_config_dict(json.load(f))
+    for line in checkpoint.check_resumable(saved, now, what=f"the run in {workdir}"):
+      logging.info("config differs from the previous run in %s (allowed): %s", workdir, line)
+
+
+def _start_or_resume(exp: Experiment, workdir: str,
+                     checkpoints: checkpoint.RunCheckpoints) -> Progress:
+  """Restores the newest readable checkpoint in `workdir`, or starts at round 0."""
+  config = exp.config
+  now = run_config_dict(checkpoint.config_to_dict(config))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  comm = CommCounter(config.num_nodes, exp.model_bytes)
+  initial = exp.algorithm.init(exp.init_params)
+
+  def check(meta: dict) -> None:
+    where = f"the checkpoint of round {meta.get('round')} in {checkpoints.directory}"
+    for line in checkpoint.check_resumable(meta["config"], now, what=where):
+      print(f"resuming with a changed setting (allowed): {line}", file=sys.stderr, flush=True)
+      if line.startswith(("eval.every_rounds", "mesh.")):
+        print("  rounds are now compiled or placed differently, so the result may differ in the "
+              "last bits from an uninterrupted run.", file=sys.stderr, flush=True)
+    if (meta.get("jax"), meta.get("backend")) != (jax.__version__, jax.default_backend()):
+      logging.warning("Resuming a checkpoint written with jax %s on %s under jax %s on %s: "
+                      "bitwise equality with an uninterrupted run is not guaranteed.",
+                      meta.get("jax"), meta.get("backend"), jax.__version__,
+                      jax.default_backend())
+
+  main = is_main_process()  # multi-host: every process computes, only process 0 writes
+  restored = checkpoints.restore(initial, check)
+  if restored is None:
+    _check_previous_config(workdir, now)
+    if main:
+      checkpoint.write_jsonl_atomic(metrics_path, [])  # _run_chunks logs round 0 first
+    return Progress(0, initial, comm, 0.0, [_evaluation_record(exp, initial, 0, None, comm, 0.0)])
+  if restored.round > config.train.rounds:
+    raise ValueError(f"train.rounds={config.train.rounds} is below the round of the newest "
+                     f"checkpoint ({restored.round}) in {checkpoints.directory}; use a new "
+                     "--workdir or --config.checkpoint.fresh=True for a shorter run.")
+  comm.load_state_dict(restored.meta["comm"])
+  records = checkpoint.rewind_metrics(metrics_path, restored.round, restored.meta["record"],
+                                      write=main)
+  print(f"resuming from the checkpoint of round {restored.round} in {checkpoints.directory}",
+        file=sys.stderr, flush=True)
+  return Progress(restored.round, restored.state, comm, restored.meta["wall_seconds"], records)
+
+
+def _chunk_end(exp: Experiment, begin: int) -> int:
+  """The next multiple of eval.every_rounds (or train.rounds), counted from round 0, so a
+  resumed run compiles and runs exactly the chunks of an uninterrupted one. A schedule's
+  dense rounds (e.g. the final global merge) start a chunk, so the local models right before
+  them are evaluated too."""
+  every, rounds = exp.config.eval.every_rounds, exp.config.train.rounds
+  end = min((begin // every + 1) * every, rounds)
+  merge_start = _merge_start(exp)
+  if merge_start is not None and begin < merge_start < end:
+    end = merge_start
+  return end
+
+
+def _merge_start(exp: Experiment):
+  return exp.topology.dense_rounds[0] if exp.topology.dense_rounds else None
+
+
+def _checkpoint_due(config, begin: int, end: int) -> bool:
+  """After the chunk of rounds [begin, end): at the last round, or if it reached or passed a
+  multiple of checkpoint.every_rounds (chunk ends are the only points with a state on host)."""
+  every = config.checkpoint.every_rounds
+  return end == config.train.rounds or (every > 0 and end // every > begin // every)
+
+
+def _divergence_error(exp: Experiment, begin: int, end: int, loss_R: np.ndarray,
+                      bad_nodes: list, last_good) -> checkpoint.Diverged:
+  nonfinite_R = np.flatnonzero(~np.isfinite(loss_R))
+  loss_part = (f"the training loss first became non-finite in round {begin + nonfinite_R[0] + 1}"
+               if nonfinite_R.size else "the training loss stayed finite")
+  node_part = (f"non-finite state on nodes {bad_nodes} ({len(bad_nodes)} of "
+               f"{exp.config.num_nodes})" if bad_nodes else "the state is finite")
+  span = f"round {end}" if end == begin + 1 else f"rounds {begin + 1}-{end}"
+  kept = ("no checkpoint was written yet" if last_good is None else
+          f"the last good checkpoint (round {last_good}) is kept")
+  return checkpoint.Diverged(
+      f"Training diverged in {span}: {loss_part}; after round {end}, "
+      f"{node_part}. Nothing of these rounds was saved; {kept}. Lower algorithm.lr (now "
+      f"{exp.config.algorithm.lr}) and start over with a new --workdir or "
+      "--config.checkpoint.fresh=True.")
+
+
+def _run_chunk(exp: Experiment, progress: Progress, end: int, mixing_for: Callable,
+               checkpoints: checkpoint.RunCheckpoints) -> float:
+  """Advances `progress` through rounds [progress.round, end); returns the mean train loss.
+
+  Raises Diverged, leaving `progress` and the checkpoints as they were, if any loss or any
+  node's state is non-finite.
+  """
+  begin = progress.round
+  mixing, per_round = mixing_for(begin, end)
+  rounds_R = jnp.arange(begin, end, dtype=jnp.int32)
+  state, metrics = exp.run_chunk(progress.state, exp.data, exp.train_key, rounds_R, mixing,
+                                 per_round)
+  metrics = jax.device_get(metrics)
+  loss_R = np.asarray(metrics.loss, np.float64)
+  bad_nodes = checkpoint.nonfinite_nodes(state)
+  if bad_nodes or not np.isfinite(loss_R).all():
+    checkpoints.wait()  # a save in flight holds a good state: let it complete
+    raise _divergence_error(exp, begin, end, loss_R, bad_nodes, checkpoints.latest_round())
+  progress.state, progress.round = state, end
+  progress.comm.add(metrics)
+  return float(np.mean(loss_R))
+
+
+def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
+                checkpoints: checkpoint.RunCheckpoints, guard: checkpoint.PreemptionGuard):
+  """The loop: chunks of rounds (see _chunk_end), an evaluation after each, checkpoints at
+  chunk ends."""
+  config = exp.config
+  rounds = config.train.rounds
+  mixing_for = _mixing_source(exp)
+  config_dict = run_config_dict(checkpoint.config_to_dict(config))
+  run_meta = {"config": config_dict,
+              "config_fingerprint": checkpoint.config_fingerprint(config_dict),
+              "jax": jax.__version__, "backend": jax.default_backend()}
+  start = time.perf_counter()
+  main = is_main_process()
+  with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard, mode="a") if main
+        else MultiWriter([])) as writer, \
+      tqdm(total=rounds, initial=progress.round, unit="round", dynamic_ncols=True,
+           desc=f"{config.algorithm.name}/{config.topology.name}", disable=not main) as bar:
+    if progress.round == 0:
+      writer.write(progress.records[0])
+    while progress.round < rounds:
+      begin = progress.round
+      end = _chunk_end(exp, begin)
+      train_loss = _run_chunk(exp, progress, end, mixing_for, checkpoints)
+      wall = progress.wall_offset + time.perf_counter() - start
+      record = _evaluation_record(exp, progress.state, end, train_loss, progress.comm, wall)
+      progress.records.append(record)
+      writer.write(record)
+      checkpoint.self_signal_hook(end, "evaluated", checkpoints)
+      preempted = guard.signum is not None and end < rounds
+      if preempted or _checkpoint_due(config, begin, end):
+        checkpoints.save(end, progress.state, {**run_meta, "comm": progress.comm.state_dict(),
+                                                "wall_seconds": wall, "record": record})
+        checkpoint.self_signal_hook(end, "saving", checkpoints)
+      bar.update(end - begin)
+      bar.set_postfix(acc=f"{record['test_accuracy']:.4f}", loss=f"{train_loss:.4f}")
+      if preempted:
+        checkpoints.wait()
+        raise checkpoint.Preempted(guard.signum, end, (
+            f"Stopped by {signal.Signals(guard.signum).name} after round {end} of {rounds}; "
+            f"checkpoint written to {checkpoints.directory}. Run the same command with the same "
+            f"--workdir to resume from round {end}."))
+  return time.perf_counter() - start
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs the experiment described by `config` in `workdir`, resuming what is already there.
+
+  A workdir holding checkpoints of the same run (config equal up to checkpoint.RESUMABLE_CHANGES)
+  continues from the newest readable one; one of a different run raises ConfigMismatchError
+  unless checkpoint.fresh discards it. Raises checkpoint.Preempted after SIGTERM/SIGINT (a
+  checkpoint is written first) and checkpoint.Diverged on non-finite loss or state.
   Returns the summary (also written to workdir/summary.json).
   """
-  os.makedirs(workdir, exist_ok=True)
   exp = build_experiment(config)
   main = is_main_process()  # multi-host: every process computes, only process 0 writes
-  if main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
-    logging.info("dfl: %s on %s, %d nodes on %d device(s), %s/%s, %d params per node",
-                 config.algorithm.name, config.topology.name, config.num_nodes,
-                 exp.placement.mesh.size, config.data.name, config.model.name,
-                 exp.model_bytes // 4)
+  os.makedirs(workdir, exist_ok=True)
+  if config.checkpoint.fresh and main:
+    checkpoint.discard_run(workdir, _OUTPUTS)
+  checkpoints = checkpoint.RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                          async_save=config.checkpoint.async_save)
+  try:
+    progress = _start_or_resume(exp, workdir, checkpoints)
+    if main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+      logging.info("dfl: %s on %s, %d nodes on %d device(s), %s/%s, %d params per node",
+                   config.algorithm.name, config.topology.name, config.num_nodes,
+                   exp.placement.mesh.size, config.data.name, config.model.name,
+                   exp.model_bytes // 4)
+    with checkpoint.PreemptionGuard() as guard:
+      elapsed = _run_chunks(exp, progress, workdir, checkpoints, guard)
+  finally:
+    checkpoints.close()
 
-  rounds, every = config.train.rounds, config.eval.every_rounds
-  sparse = use_sparse_mixing(config.topology.mixing_form, exp.topology)
-  # A schedule's dense rounds (e.g. the final global merge) start a chunk, so the local models
-  # right before them are evaluated too.
-  merge_start = exp.topology.dense_rounds[0] if exp.topology.dense_rounds else None
-  static_mixing = (None if exp.topology.time_varying
-                   else mixing_operator(exp.topology, 0, sparse))
-  comm = CommCounter(config.num_nodes, exp.model_bytes)
-  state = exp.algorithm.init(exp.init_params)
-  start = time.perf_counter()
-
-  records = [_evaluation_record(exp, state, 0, None, comm, 0.0)]
-  with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard) if main
-        else MultiWriter([])) as writer, \
-      tqdm(total=rounds, desc=f"{config.algorithm.name}/{config.topology.name}", unit="round",
-           dynamic_ncols=True, disable=not main) as bar:
-    writer.write(records[0])
-    done = 0
-    while done < rounds:
-      length = min(every, rounds - done)
-      if merge_start is not None and done < merge_start < done + length:
-        length = merge_start - done
-      rounds_R = jnp.arange(done, done + length, dtype=jnp.int32)
-      if static_mixing is not None:
-        mixing, per_round = static_mixing, False
-      else:
-        ops = [mixing_operator(exp.topology, t, sparse) for t in range(done, done + length)]
-        mixing, per_round = jax.tree.map(lambda *xs: jnp.stack(xs), *ops), True
-      state, round_metrics = exp.run_chunk(state, exp.data, exp.train_key, rounds_R, mixing,
-                                           per_round)
-      done += length
-      comm.add(jax.device_get(round_metrics))
-      train_loss = float(np.mean(jax.device_get(round_metrics.loss)))
-      if not np.isfinite(train_loss):
-        raise FloatingPointError(f"Training diverged: non-finite loss by round {done}; lower "
-                                 f"algorithm.lr (now {config.algorithm.lr}).")
-      record = _evaluation_record(exp, state, done, train_loss, comm, time.perf_counter() - start)
-      records.append(record)
-      writer.write(record)
-      bar.update(length)
-      bar.set_postfix(acc=f"{record['test_accuracy']:.4f}", loss=f"{train_loss:.4f}")
-
-  summary = make_summary(records, rounds, time.perf_counter() - start)
+  rounds, records = config.train.rounds, progress.records
+  summary = make_summary(records, rounds, progress.wall_offset + elapsed)
+  merge_start = _merge_start(exp)
   if merge_start is not None:
     summary.update(_before_merge(records, merge_start))
   if not main:

@@ -3,10 +3,14 @@
 With --seeds=0,1,2 the seeds run together in one compiled program (dfl/batched.py), each into
 its own workdir: --workdir must then contain '{seed}', e.g. --workdir='runs/x/seed={seed}'.
 """
+import shlex
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
 from dfl.batched import train_and_evaluate_seeds
+from dfl.checkpoint import Preempted
 from dfl.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -25,7 +29,11 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value]
     train_and_evaluate_seeds(_CONFIG.value, seeds, [_WORKDIR.value.format(seed=s) for s in seeds])
   else:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+      train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Preempted as e:  # exit code 128 + signal number: 143 for SIGTERM, 130 for SIGINT
+      print(f"{e}\nResume: python -m launch.main {shlex.join(sys.argv[1:])}", file=sys.stderr)
+      sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

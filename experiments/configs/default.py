@@ -100,4 +100,16 @@ def get_config():
   c.mesh.coordinator_address = ""  # host:port of process 0; empty = detect (TPU pod, SLURM, MPI)
   c.mesh.num_processes = config_dict.placeholder(int)  # None: detected from the cluster
   c.mesh.process_id = config_dict.placeholder(int)  # None: detected from the cluster
+
+  # Checkpoints in workdir/checkpoints; re-running the same command in the workdir resumes.
+  c.checkpoint = config_dict.ConfigDict()
+  # Checkpoints are taken where a chunk of eval.every_rounds rounds ends: at the end of each
+  # chunk that reaches or passes a multiple of every_rounds (0: none but the last round and
+  # SIGTERM/SIGINT). The last round is always checkpointed.
+  c.checkpoint.every_rounds = 50
+  c.checkpoint.max_to_keep = 3  # newest checkpoints kept; older ones go once a newer one is whole
+  c.checkpoint.async_save = True  # write in a background thread while the next rounds run
+  # True: delete this workdir's checkpoints and outputs and start at round 0. Meant for one
+  # deliberate run: a scheduler that requeues the command would restart from scratch each time.
+  c.checkpoint.fresh = False
   return c

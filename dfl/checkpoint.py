@@ -1,0 +1,380 @@
+"""Checkpoints and exact resume of a run, on Orbax's CheckpointManager; preemption and divergence.
+
+A checkpoint is one Orbax step per saved round, under `workdir/checkpoints/<round>/`:
+
+    state/  the algorithm state pytree, whatever its shape: every node's parameters and
+            optimizer state and anything an algorithm adds (membership masks, typed
+            `jax.random.key` arrays, int counters). Restored into the structure that
+            `algorithm.init` builds, so NamedTuples come back as NamedTuples.
+    meta/   JSON: the round; the driver's host-side accumulators (communication counters,
+            wall-clock seconds, the evaluation record of that round); the run's config and its
+            fingerprint; a checksum of the state, verified on restore.
+
+Nothing else needs saving for an exact replay: every random draw is keyed by
+fold_in(fold_in(key(seed), stream), round) (and the node), local data order is drawn each round
+from that key, and a topology's W_t is a function of t alone. Round t after a resume therefore
+sees exactly the inputs it saw in the uninterrupted run.
+
+Safety: Orbax writes a step to a temporary directory and renames it when complete, and deletes
+old steps (beyond `max_to_keep`) only after a newer one is complete. A step that fails to
+restore (truncated files, checksum mismatch) is moved to `workdir/checkpoints_corrupt/` with a
+warning and the next older one is used; no checkpoint is ever deleted for being unreadable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging as std_logging
+import os
+import shutil
+import signal
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"
+
+# Config fields that may differ between a run and its resume: they change neither the state's
+# shape nor the rounds' meaning (eval.every_rounds and mesh.* change how rounds are compiled
+# and placed, so results may then differ in the last bits). A key ending in "." covers a
+# section.
+RESUMABLE_CHANGES = ("train.rounds", "eval.every_rounds", "eval.batch_size", "data.dir",
+                     "checkpoint.", "logging.", "mesh.")
+
+
+def _quiet_orbax(record) -> bool:
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+# Orbax logs every stage of every save at INFO; keep its warnings and errors only.
+logging.get_absl_handler().addFilter(_quiet_orbax)
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run whose config differs in fields that matter."""
+
+
+class Diverged(FloatingPointError):
+  """Non-finite loss or state; nothing of the offending chunk was saved."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT arrived; a checkpoint of the last finished round was written.
+
+  Exit code convention (launch/main.py): 128 + signal number, as if killed by the signal
+  (143 for SIGTERM, 130 for SIGINT), so schedulers treat the run as preempted, not failed.
+  """
+
+  def __init__(self, signum: int, round_done: int, message: str):
+    super().__init__(message)
+    self.signum, self.round_done = signum, round_done
+    self.exit_code = 128 + signum
+
+
+# ---------------------------------------------------------------------------------------------
+# Config comparison.
+
+
+def config_to_dict(config) -> dict:
+  """A JSON round trip, so tuples and lists compare equal to what a checkpoint holds."""
+  return json.loads(config.to_json())
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _resumable(field: str) -> bool:
+  return any(field == f or (f.endswith(".") and field.startswith(f)) for f in RESUMABLE_CHANGES)
+
+
+def config_fingerprint(config_dict: dict) -> str:
+  """sha256 of the fields that define the run (all but RESUMABLE_CHANGES)."""
+  kept = {k: v for k, v in sorted(_flatten(config_dict).items()) if not _resumable(k)}
+  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+  """Returns (blocking, harmless) differences as 'field: old -> new' lines."""
+  old, new = _flatten(saved), _flatten(current)
+  blocking, harmless = [], []
+  for field in sorted(set(old) | set(new)):
+    a, b = old.get(field, "<absent>"), new.get(field, "<absent>")
+    if a != b:
+      (harmless if _resumable(field) else blocking).append(f"{field}: {a!r} -> {b!r}")
+  return blocking, harmless
+
+
+def check_resumable(saved: dict, current: dict, *, what: str) -> list[str]:
+  """Raises ConfigMismatchError listing the differing fields; returns the harmless ones.
+
+  `what` names the saved run in the message, e.g. "the checkpoint of round 40 in /w".
+  """
+  blocking, harmless = config_differences(saved, current)
+  if blocking:
+    raise ConfigMismatchError(
+        f"Cannot continue {what}: it was made with a different config in fields that change "
+        f"the state or the meaning of the run (saved -> now):\n  " + "\n  ".join(blocking) +
+        "\nRun again with the saved values to resume, use a new --workdir, or add "
+        "--config.checkpoint.fresh=True to discard the run in this workdir and start over.")
+  return harmless
+
+
+# ---------------------------------------------------------------------------------------------
+# On-device checks of the state: per-node finiteness, and a checksum for restore.
+
+
+@jax.jit
+def _finite_nodes(state) -> jax.Array:
+  num_nodes = jax.tree.leaves(state)[0].shape[0]
+  checks = [jnp.ones(num_nodes, bool)]
+  for x in jax.tree.leaves(state):
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+      continue
+    if x.ndim >= 1 and x.shape[0] == num_nodes:
+      checks.append(jnp.isfinite(x.reshape(num_nodes, -1)).all(axis=1))
+    else:  # a leaf without the node axis: blame every node
+      checks.append(jnp.broadcast_to(jnp.isfinite(x).all(), (num_nodes,)))
+  return jnp.stack(checks).all(axis=0)
+
+
+def nonfinite_nodes(state) -> list[int]:
+  """Indices of the nodes with any NaN/inf in their slice of the state (computed on device)."""
+  return np.flatnonzero(~np.asarray(_finite_nodes(state))).tolist()
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The leaf's raw bits as a flat uint32 vector (any dtype, typed keys included)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+
+
+@jax.jit
+def _checksum(state) -> jax.Array:
+  total = jnp.uint32(0)
+  for i, x in enumerate(jax.tree.leaves(state)):
+    w = _words(x)
+    position = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(2 * i + 1)
+    total = total + jnp.sum(w * position, dtype=jnp.uint32)  # wraps mod 2^32
+  return total
+
+
+def state_checksum(state) -> int:
+  """A position-weighted sum of the state's bits, mod 2^32: detects silent corruption."""
+  return int(_checksum(state))
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint directory.
+
+
+@dataclasses.dataclass
+class Restored:
+  round: int
+  state: Any
+  meta: dict
+
+
+class RunCheckpoints:
+  """The checkpoints of one workdir: save a round, restore the newest readable one."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int, async_save: bool):
+    self.workdir = workdir
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)  # remove half-written steps of a killed run
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "meta"))
+
+  def rounds(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_round(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, round_done: int, state, meta: dict) -> None:
+    """Starts saving (in the background when async); the state may be donated right after."""
+    meta = {**meta, "round": round_done, "state_checksum": state_checksum(state)}
+    self._manager.save(round_done, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, like_state, check_meta: Callable[[dict], None]) -> Optional[Restored]:
+    """Restores the newest checkpoint that reads back intact, or returns None if there is none.
+
+    like_state: a state of the right structure, shapes, dtypes and shardings (e.g. the initial
+      state). check_meta(meta) runs before the state is read and may raise (config mismatch):
+      such errors propagate. Unreadable steps are moved to CORRUPT_DIR once an older one
+      restores; if none restores, raises with every failure listed and moves nothing.
+    """
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
+    failures = []
+    for step in reversed(self.rounds()):
+      try:
+        meta = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception as e:  # noqa: BLE001 -- any read error means this step is unusable
+        failures.append((step, e))
+        continue
+      check_meta(meta)
+      try:
+        state = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract))).state
+        if meta.get("round") != step or state_checksum(state) != meta.get("state_checksum"):
+          raise ValueError("round or state checksum does not match its metadata")
+      except Exception as e:  # noqa: BLE001
+        failures.append((step, e))
+        continue
+      for bad, error in failures:
+        logging.warning("Checkpoint of round %d in %s is unreadable (%s: %.300s); moved it to "
+                        "%s and resumed from round %d instead.", bad, self.directory,
+                        type(error).__name__, error, CORRUPT_DIR, step)
+        print(f"warning: checkpoint of round {bad} is unreadable ({type(error).__name__}); "
+              f"moved to {CORRUPT_DIR}/, resuming from round {step}.", file=sys.stderr, flush=True)
+        self._move_aside(bad)
+      return Restored(step, state, meta)
+    if failures:
+      listing = "\n  ".join(f"round {s}: {type(e).__name__}: {str(e)[:300]}" for s, e in failures)
+      raise RuntimeError(
+          f"No checkpoint in {self.directory} can be read back:\n  {listing}\nNothing was "
+          "deleted. Inspect them, or add --config.checkpoint.fresh=True to start over.")
+    return None
+
+  def _move_aside(self, step: int) -> None:
+    target_root = os.path.join(self.workdir, CORRUPT_DIR)
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target, suffix = os.path.join(target_root, f"{step}.{suffix}"), suffix + 1
+    shutil.move(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()  # waits for a save in flight
+
+
+def discard_run(workdir: str, names: tuple[str, ...]) -> None:
+  """checkpoint.fresh: deletes the previous run's checkpoints and outputs in `workdir`."""
+  for name in (CHECKPOINT_DIR, CORRUPT_DIR) + names:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+    else:
+      continue
+    logging.info("checkpoint.fresh: deleted %s", path)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl across resumes.
+
+
+def write_jsonl_atomic(path: str, records: list[dict]) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def rewind_metrics(path: str, round_done: int, record: dict, write: bool = True) -> list[dict]:
+  """Rewrites metrics.jsonl to hold each evaluation up to `round_done` exactly once.
+
+  Drops what a killed run logged after its last checkpoint (and a torn last line); `record`
+  (the checkpoint's own evaluation) stands in if the file lost it. Returns the kept records
+  (`write=False`: without rewriting the file, for processes that do not write outputs).
+  """
+  kept = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError:
+          break  # a line torn by the kill: nothing after it was complete
+        if r["round"] < round_done and (not kept or r["round"] > kept[-1]["round"]):
+          kept.append(r)
+  kept.append(record)
+  if write:
+    write_jsonl_atomic(path, kept)
+  return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption.
+
+
+class PreemptionGuard:
+  """Turns SIGTERM/SIGINT into a request that the loop honours at the next chunk boundary.
+
+  After the first signal the previous handlers are back, so a second one acts at once.
+  Signal handlers exist only in the main thread; elsewhere the guard does nothing.
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._previous: dict = {}
+
+  def __enter__(self) -> "PreemptionGuard":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    self.signum = signum
+    print(f"\n{signal.Signals(signum).name} received: finishing the current chunk of rounds and "
+          "writing a checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
+    self._restore_handlers()
+
+  def _restore_handlers(self) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc) -> None:
+    self._restore_handlers()
+
+
+# Test hook, off unless set: DFL_TEST_SELF_SIGNAL="SIGKILL:4:evaluated" makes the driver send
+# itself SIGKILL when round 4 reaches that phase, so tests can interrupt a run at exact points:
+#   "evaluated": round 4's metrics line is written, its checkpoint not started, and every
+#                earlier checkpoint complete (the hook waits for saves in flight first);
+#   "saving":    round 4's asynchronous checkpoint save has just been started.
+TEST_SIGNAL_ENV = "DFL_TEST_SELF_SIGNAL"
+
+
+def self_signal_hook(round_done: int, phase: str, checkpoints: RunCheckpoints) -> None:
+  spec = os.environ.get(TEST_SIGNAL_ENV)
+  if not spec:
+    return
+  name, at_round, at_phase = spec.split(":")
+  if int(at_round) == round_done and at_phase == phase:
+    if phase == "evaluated":
+      checkpoints.wait()
+    os.kill(os.getpid(), getattr(signal, name))
