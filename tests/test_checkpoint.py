@@ -163,12 +163,16 @@ def test_workdir_of_another_run_without_checkpoints_is_not_overwritten(tmp_path)
   assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+# random_neighbors draws a new graph every round: replaying rounds needs W_t to be a function
+# of (seed, t) alone, which this checks through the driver.
+@pytest.mark.parametrize("topology", ["ring", "random_neighbors"])
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, topology):
   workdir = str(tmp_path)
-  first = train_and_evaluate(tiny(), workdir)
+  config = tiny(topology__name=topology, topology__degree=2)
+  first = train_and_evaluate(config, workdir)
   assert truncate_files(os.path.join(workdir, "checkpoints", "4")) > 0
   capsys.readouterr()
-  second = train_and_evaluate(tiny(), workdir)
+  second = train_and_evaluate(config, workdir)
   err = capsys.readouterr().err
   assert "checkpoint of round 4 is unreadable" in err and "resuming from round 2" in err
   assert without_wall(second) == without_wall(first)  # rounds 3-4 replayed exactly
