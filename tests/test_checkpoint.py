@@ -163,12 +163,16 @@ def test_workdir_of_another_run_without_checkpoints_is_not_overwritten(tmp_path)
   assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
 
-# random_neighbors draws a new graph every round: replaying rounds needs W_t to be a function
-# of (seed, t) alone, which this checks through the driver.
-@pytest.mark.parametrize("topology", ["ring", "random_neighbors"])
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, topology):
+# random_neighbors draws a new graph every round (replaying rounds needs W_t to be a function of
+# (seed, t) alone); MoDeST's state has a [1, ...] round model beside the [N, ...] node models
+# and its membership follows churn events.
+@pytest.mark.parametrize("overrides", [
+    {}, {"topology__name": "random_neighbors", "topology__degree": 2},
+    {"algorithm__name": "modest", "algorithm__sample_size": 2,
+     "algorithm__membership": "3:fail:0.5"}], ids=["ring", "random_neighbors", "modest"])
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, overrides):
   workdir = str(tmp_path)
-  config = tiny(topology__name=topology, topology__degree=2)
+  config = tiny(**overrides)
   first = train_and_evaluate(config, workdir)
   assert truncate_files(os.path.join(workdir, "checkpoints", "4")) > 0
   capsys.readouterr()
