@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -153,8 +154,10 @@ def _finite_nodes(state) -> jax.Array:
 
 
 def nonfinite_nodes(state) -> list[int]:
-  """Indices of the nodes with any NaN/inf in their slice of the state (computed on device)."""
-  return np.flatnonzero(~np.asarray(_finite_nodes(state))).tolist()
+  """Indices of the nodes with any NaN/inf in their slice of the state (computed on device;
+  gathered from every process when the node axis spans several hosts)."""
+  finite_N = multihost_utils.process_allgather(_finite_nodes(state), tiled=True)
+  return np.flatnonzero(~np.asarray(finite_N)).tolist()
 
 
 def _words(x: jax.Array) -> jax.Array:
@@ -186,6 +189,27 @@ def state_checksum(state) -> int:
 # The checkpoint directory.
 
 
+def _check_shared(directory: str) -> None:
+  """Multi-host: all processes write parts of one checkpoint, so they must see one directory."""
+  token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.randint(1, 2**31 - 1))))
+  marker = os.path.join(directory, ".shared_by_all_processes")
+  if jax.process_index() == 0:
+    with open(marker, "w") as f:
+      f.write(str(token))
+  multihost_utils.sync_global_devices("dfl checkpoint directory marker written")
+  try:
+    with open(marker) as f:
+      sees = f.read() == str(token)
+  except OSError:
+    sees = False
+  blind = np.flatnonzero(~multihost_utils.process_allgather(np.array([sees]), tiled=True))
+  if blind.size:
+    raise RuntimeError(
+        f"Process(es) {blind.tolist()} cannot see {directory} as process 0 wrote it: in a "
+        "multi-host run --workdir must be on a filesystem shared by all processes (Orbax "
+        "writes each checkpoint from all of them).")
+
+
 @dataclasses.dataclass
 class Restored:
   round: int
@@ -204,6 +228,8 @@ class RunCheckpoints:
         cleanup_tmp_directories=True)  # remove half-written steps of a killed run
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
+    if jax.process_count() > 1:
+      _check_shared(self.directory)
 
   def rounds(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -260,6 +286,9 @@ class RunCheckpoints:
     return None
 
   def _move_aside(self, step: int) -> None:
+    if jax.process_index() != 0:  # multi-host: process 0 owns the directory
+      self._manager.reload()
+      return
     target_root = os.path.join(self.workdir, CORRUPT_DIR)
     os.makedirs(target_root, exist_ok=True)
     target = os.path.join(target_root, str(step))
