@@ -14,7 +14,7 @@ setup(
         "optax>=0.2",
         "numpy>=1.26",
         "ml-collections>=0.1.1",
-        "orbax-checkpoint>=0.6",
+        "orbax-checkpoint>=0.11",
         "absl-py>=2.0",
         "tqdm>=4.60",
         "scikit-learn>=1.3",  # carries the embedded default dataset (digits)
