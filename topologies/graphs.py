@@ -129,6 +129,16 @@ def exponential(num_nodes: int, directed: bool = False) -> np.ndarray:
   return A if directed else A | A.T
 
 
+def _draw_connected(draw, num_nodes: int, seed: int, failure: str) -> np.ndarray:
+  """Calls draw(graph_seed) with seeds from one seeded stream until the graph is connected."""
+  rng = np.random.default_rng(seed)
+  for _ in range(_MAX_DRAWS):
+    graph = draw(int(rng.integers(2**31)))
+    if nx.is_connected(graph):
+      return _from_networkx(graph, num_nodes)
+  raise ValueError(failure)
+
+
 def erdos_renyi(num_nodes: int, *, seed: int, edge_prob: float | None = None) -> np.ndarray:
   """G(N, p), redrawn with the seed until connected. edge_prob None: p = 2 ln(N) / N (capped at
   1), twice the connectivity threshold."""
@@ -137,13 +147,10 @@ def erdos_renyi(num_nodes: int, *, seed: int, edge_prob: float | None = None) ->
   p = min(1.0, 2 * math.log(n) / n) if edge_prob is None else float(edge_prob)
   if not 0 < p <= 1:
     raise ValueError(f"topology 'erdos_renyi' needs 0 < edge_prob <= 1, got {edge_prob}.")
-  rng = np.random.default_rng(seed)
-  for _ in range(_MAX_DRAWS):
-    graph = nx.gnp_random_graph(n, p, seed=int(rng.integers(2**31)))
-    if nx.is_connected(graph):
-      return _from_networkx(graph, n)
-  raise ValueError(f"topology 'erdos_renyi': no connected G(N={n}, p={p:g}) in {_MAX_DRAWS} draws; "
-                   f"raise edge_prob above ln(N)/N = {math.log(n) / n:.3g}.")
+  return _draw_connected(
+      lambda s: nx.gnp_random_graph(n, p, seed=s), n, seed,
+      f"topology 'erdos_renyi': no connected G(N={n}, p={p:g}) in {_MAX_DRAWS} draws; "
+      f"raise edge_prob above ln(N)/N = {math.log(n) / n:.3g}.")
 
 
 def random_regular(num_nodes: int, *, seed: int, degree: int) -> np.ndarray:
@@ -152,13 +159,10 @@ def random_regular(num_nodes: int, *, seed: int, degree: int) -> np.ndarray:
   if not 2 <= k < n or (n * k) % 2:
     raise ValueError(f"topology 'random_regular' needs 2 <= degree < num_nodes and "
                      f"degree * num_nodes even, got degree={degree}, num_nodes={n}.")
-  rng = np.random.default_rng(seed)
-  for _ in range(_MAX_DRAWS):
-    graph = nx.random_regular_graph(k, n, seed=int(rng.integers(2**31)))
-    if nx.is_connected(graph):
-      return _from_networkx(graph, n)
-  raise ValueError(f"topology 'random_regular': no connected {k}-regular graph on {n} nodes in "
-                   f"{_MAX_DRAWS} draws; raise degree.")
+  return _draw_connected(
+      lambda s: nx.random_regular_graph(k, n, seed=s), n, seed,
+      f"topology 'random_regular': no connected {k}-regular graph on {n} nodes in "
+      f"{_MAX_DRAWS} draws; raise degree.")
 
 
 def small_world(num_nodes: int, *, seed: int, degree: int, rewire_prob: float) -> np.ndarray:
