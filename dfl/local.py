@@ -35,10 +35,19 @@ def make_optimizer(*, lr: float, momentum: float = 0.0, weight_decay: float = 0.
       optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
 
 
-def shuffled_positions(key: jax.Array, size: jax.Array, width: int) -> jax.Array:
-  """A random permutation of [0, size) in the first `size` slots of a length-`width` array."""
+def shuffled_positions(key: jax.Array, size: jax.Array, width: int,
+                       count: Optional[int] = None) -> jax.Array:
+  """A random permutation of [0, size) in the first `size` slots of a length-`width` array.
+
+  `count` < width returns only its first `count` slots (what a round consumes), by `top_k`
+  instead of a full sort: the same slots bit for bit (top_k breaks ties by the lower index, as
+  the stable argsort does), ~5x cheaper on CPU for W4's 845-wide shards.
+  """
   u = jax.random.uniform(key, (width,))
-  return jnp.argsort(jnp.where(jnp.arange(width) < size, u, 2.0))
+  sort_keys = jnp.where(jnp.arange(width) < size, u, 2.0)
+  if count is None or count >= width:
+    return jnp.argsort(sort_keys)
+  return jax.lax.top_k(-sort_keys, count)[1]
 
 
 def make_local_sgd(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
@@ -56,7 +65,8 @@ def make_local_sgd(loss_fn: Callable, optimizer: optax.GradientTransformation, *
 
   def local_sgd(params, opt_state, key, data: NodeData, lr_scale=1.0, num_steps=None):
     masked = num_steps is not None  # all nodes take all steps unless told otherwise
-    order = shuffled_positions(key, data.sizes, data.indices.shape[-1])
+    # Step k reads slots [k*B, (k+1)*B) mod size: never beyond the first local_steps*B.
+    order = shuffled_positions(key, data.sizes, data.indices.shape[-1], local_steps * batch_size)
 
     def step(carry, k):
       params, opt_state = carry

@@ -114,3 +114,13 @@ def test_local_steps_visit_each_sample_once_per_epoch():
   order = shuffled_positions(key, jnp.int32(7), 10)
   assert sorted(np.asarray(order[:7]).tolist()) == list(range(7))
   assert sorted(np.asarray(order[7:]).tolist()) == [7, 8, 9]
+
+
+@pytest.mark.parametrize("size,width,count", [(7, 10, 4), (10, 10, 3), (300, 845, 160), (5, 845, 160)])
+def test_first_positions_by_top_k_equal_the_full_permutation(size, width, count):
+  # The round consumes only the first local_steps*B slots; top_k must return exactly those.
+  for seed in range(20):
+    key = jax.random.key(seed)
+    full = np.asarray(shuffled_positions(key, jnp.int32(size), width))
+    first = np.asarray(shuffled_positions(key, jnp.int32(size), width, count))
+    np.testing.assert_array_equal(first, full[:count])
