@@ -44,11 +44,11 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 
 # Config fields that may differ between a run and its resume: they change neither the state's
-# shape nor the rounds' meaning (eval.every_rounds and mesh.* change how rounds are compiled
-# and placed, so results may then differ in the last bits). A key ending in "." covers a
-# section.
+# shape nor the rounds' meaning (eval.every_rounds, mesh.*, train.execution and model.conv change
+# how rounds are compiled and placed, so results may then differ in the last bits). A key ending
+# in "." covers a section.
 RESUMABLE_CHANGES = ("train.rounds", "eval.every_rounds", "eval.batch_size", "data.dir",
-                     "checkpoint.", "logging.", "mesh.")
+                     "checkpoint.", "logging.", "mesh.", "train.execution", "model.conv")
 
 
 def _quiet_orbax(record) -> bool:

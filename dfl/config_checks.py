@@ -8,6 +8,7 @@ from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
 from dfl.data import DATASETS
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
+from dfl.layers import CONV_IMPLS
 from dfl.models import MODELS
 
 
@@ -33,6 +34,7 @@ def validate_config(config) -> None:
              f"data.classes_per_node must be an integer in [1, {num_classes}] for "
              f"data.name={config.data.name!r}, got {k!r}.")
   _one_of("model.name", config.model.name, MODELS)
+  _one_of("model.conv", config.model.conv, CONV_IMPLS)
   _one_of("topology.name", config.topology.name, topologies.NAMES)
   _one_of("topology.mixing_form", config.topology.mixing_form, ("auto", "dense", "sparse"))
   _one_of("topology.weights", config.topology.weights, topologies.WEIGHTS)

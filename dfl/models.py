@@ -4,6 +4,8 @@
 `cnn`: LeNet-5 style, conv5x5x32 - maxpool2 - conv5x5x64 - maxpool2 - fc512 - fc10 ('SAME'
 padding), the CNN of the FedAvg / DFedSAM experiments on (Fashion-)MNIST.
 `logreg`: multinomial logistic regression.
+Convolutions and 2x2 max-pools come from dfl/layers.py (`conv`: auto | xla | im2col, the
+formulation that runs fast on the backend; the parameters are nn.Conv's either way).
 `vgg11`, `resnet18`: CIFAR models with GroupNorm, in dfl/models_cifar.py.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
+from dfl.layers import Conv, max_pool_2x2
 from dfl.models_cifar import resnet18, vgg11
 
 
@@ -31,11 +34,12 @@ class MLP(nn.Module):
 
 class CNN(nn.Module):
   num_classes: int = 10
+  conv: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    x = nn.max_pool(nn.relu(nn.Conv(32, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
-    x = nn.max_pool(nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
+    x = max_pool_2x2(nn.relu(Conv(32, (5, 5), impl=self.conv)(x)))
+    x = max_pool_2x2(nn.relu(Conv(64, (5, 5), impl=self.conv)(x)))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(512)(x))
     return nn.Dense(self.num_classes)(x)
@@ -51,7 +55,7 @@ class LogReg(nn.Module):
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda num_classes, hidden=(200, 200), **_: MLP(tuple(hidden), num_classes),
-    "cnn": lambda num_classes, **_: CNN(num_classes),
+    "cnn": lambda num_classes, conv="auto", **_: CNN(num_classes, conv),
     "logreg": lambda num_classes, **_: LogReg(num_classes),
     "vgg11": vgg11,
     "resnet18": resnet18,

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import flax.linen as nn
 
+from dfl.layers import Conv, max_pool_2x2
+
 NORM_GROUPS = 32
 # VGG-11 ("A"): conv widths, "M" = 2x2 max-pool.
 VGG11_LAYERS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -28,14 +30,16 @@ class VGG(nn.Module):
   layers: Sequence = VGG11_LAYERS
   num_classes: int = 10
   groups: int = NORM_GROUPS
+  conv: str = "auto"  # dfl.layers.Conv: auto | xla | im2col
 
   @nn.compact
   def __call__(self, x):
     for layer in self.layers:
       if layer == "M":
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool_2x2(x)
       else:
-        x = nn.relu(nn.GroupNorm(num_groups=self.groups)(nn.Conv(layer, (3, 3), use_bias=False)(x)))
+        x = nn.relu(nn.GroupNorm(num_groups=self.groups)(
+            Conv(layer, (3, 3), use_bias=False, impl=self.conv)(x)))
     x = x.reshape(x.shape[0], -1)  # [B, 512] after five pools of a 32x32 image
     x = nn.relu(nn.Dense(512)(x))
     x = nn.relu(nn.Dense(512)(x))
@@ -47,15 +51,16 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   groups: int = NORM_GROUPS
+  conv: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     norm = lambda: nn.GroupNorm(num_groups=self.groups)
-    y = nn.Conv(self.features, (3, 3), (self.stride, self.stride), use_bias=False)(x)
-    y = nn.relu(norm()(y))
-    y = norm()(nn.Conv(self.features, (3, 3), use_bias=False)(y))
+    conv = lambda k, s: Conv(self.features, (k, k), (s, s), use_bias=False, impl=self.conv)
+    y = nn.relu(norm()(conv(3, self.stride)(x)))
+    y = norm()(conv(3, 1)(y))
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = norm()(nn.Conv(self.features, (1, 1), (self.stride, self.stride), use_bias=False)(x))
+      x = norm()(conv(1, self.stride)(x))
     return nn.relu(x + y)
 
 
@@ -64,20 +69,22 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   num_classes: int = 10
   groups: int = NORM_GROUPS
+  conv: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.GroupNorm(num_groups=self.groups)(nn.Conv(64, (3, 3), use_bias=False)(x)))
+    stem = Conv(64, (3, 3), use_bias=False, impl=self.conv)
+    x = nn.relu(nn.GroupNorm(num_groups=self.groups)(stem(x)))
     for stage, blocks in enumerate(self.stage_sizes):
       for b in range(blocks):
         stride = 2 if stage > 0 and b == 0 else 1
-        x = BasicBlock(64 * 2**stage, stride, self.groups)(x)
+        x = BasicBlock(64 * 2**stage, stride, self.groups, self.conv)(x)
     return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
-def vgg11(num_classes: int, **_) -> nn.Module:
-  return VGG(VGG11_LAYERS, num_classes)
+def vgg11(num_classes: int, conv: str = "auto", **_) -> nn.Module:
+  return VGG(VGG11_LAYERS, num_classes, conv=conv)
 
 
-def resnet18(num_classes: int, **_) -> nn.Module:
-  return ResNet((2, 2, 2, 2), num_classes)
+def resnet18(num_classes: int, conv: str = "auto", **_) -> nn.Module:
+  return ResNet((2, 2, 2, 2), num_classes, conv=conv)

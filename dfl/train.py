@@ -104,7 +104,8 @@ def build_experiment(config) -> Experiment:
                      seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
   indices, sizes = pack_shards(shards)
   data = placement.node_data(dataset.x_train, dataset.y_train, indices, sizes)
-  model = make_model(config.model.name, dataset.num_classes, hidden=config.model.hidden)
+  model = make_model(config.model.name, dataset.num_classes, hidden=config.model.hidden,
+                     conv=config.model.conv)
   root = jax.random.key(config.seed)
   init_params = placement.build(
       lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),

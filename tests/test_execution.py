@@ -71,18 +71,40 @@ def test_node_map_handles_shared_arguments_and_remainders():
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
-def test_auto_picks_a_loop_over_nodes_on_cpu_and_vmap_on_accelerators():
+def test_auto_picks_cache_sized_groups_on_cpu_and_vmap_on_accelerators():
   def local_fn(model):
     loss = cross_entropy_loss(model)
     return lambda p, x, y: jax.grad(loss)(p, x, y)
   x = jax.ShapeDtypeStruct((32, 8, 8, 1), jnp.float32)
   y = jax.ShapeDtypeStruct((32,), jnp.int32)
-  for name, want in [("cnn", "map"), ("logreg", "map")]:
-    model = make_model(name, 10)
+  # (model, conv, floats per node): the group is the largest power of two <= 64 whose
+  # parameters fit CPU_GROUP_FLOATS; XLA convolutions are looped one node at a time.
+  for name, conv, want in [("logreg", "auto", "chunk:64"), ("mlp", "auto", "chunk:16"),
+                           ("cnn", "im2col", "chunk:4"), ("cnn", "xla", "map")]:
+    model = make_model(name, 10, conv=conv)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"])
-    choice, reason = execution.auto_strategy(local_fn(model), (params, x, y), "cpu")
-    assert choice == want and (name != "cnn" or "convolution" in reason), reason
-    assert execution.auto_strategy(local_fn(model), (params, x, y), "gpu")[0] == "vmap"
+    choice, reason = execution.auto_strategy(local_fn(model), (params, x, y), "cpu", 256)
+    assert choice == want, (name, conv, reason)
+    assert conv != "xla" or "convolution" in reason, reason
+    assert execution.auto_strategy(local_fn(model), (params, x, y), "gpu", 256)[0] == "vmap"
+  # Shared arguments (the whole training set) do not count; all nodes in one group -> vmap.
+  model = make_model("logreg", 10)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"])
+  assert execution.auto_strategy(local_fn(model), (params, x, y), "cpu", 16)[0] == "vmap"
+  big = {"w": jax.ShapeDtypeStruct((2_000_000,), jnp.float32)}
+  assert execution.auto_strategy(lambda p: p["w"].sum(), (big,), "cpu", 16)[0] == "map"
+
+
+def test_node_map_auto_counts_only_mapped_arguments():
+  # 40 floats per node mapped, a 10**7-float shared argument: groups of 64, not a loop.
+  execution.chosen.clear()
+  def per_node(w, shared):
+    return (w * shared[:40]).sum()
+  out = execution.node_map(per_node, in_axes=(0, None), strategy="auto")(
+      jnp.ones((128, 40)), jnp.ones(10**7))
+  assert out.shape == (128,)
+  assert execution.chosen["test_node_map_auto_counts_only_mapped_arguments.<locals>.per_node"][0] \
+      == "chunk:64"
 
 
 def test_bad_strategy_and_axes_are_named():

@@ -25,6 +25,9 @@ def get_config():
   c.model = config_dict.ConfigDict()
   c.model.name = "mlp"  # mlp | cnn | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR)
   c.model.hidden = (200, 200)  # MLP widths
+  # Convolutions (cnn, vgg11, resnet18): auto | xla | im2col; auto = im2col (matmuls) on CPU,
+  # where XLA's convolutions are slow inside loops, xla (cuDNN) on GPU. See dfl/layers.py.
+  c.model.conv = "auto"
   c.model.same_init = True  # all nodes start from one initialisation (False: independent inits)
 
   c.topology = config_dict.ConfigDict()

@@ -1,0 +1,92 @@
+"""Convolution and pooling layers whose formulation suits the backend (issue 9).
+
+`Conv` has exactly the parameters of `flax.linen.Conv` ('SAME' padding: kernel [kh, kw, Cin,
+Cout], optional bias; its auto-name is `Conv_i` too), so checkpoints and initialisations do not
+depend on the formulation. Two ways to compute it:
+
+* `xla`: `lax.conv_general_dilated`, i.e. `nn.Conv` (cuDNN on GPU).
+* `im2col`: the k*k shifted views of the padded input side by side, `[B, H', W', k*k*Cin]`, then
+  one matmul with the kernel reshaped to `[k*k*Cin, Cout]`. Same numbers up to float rounding.
+
+Why: XLA:CPU runs a convolution at the top level of a program through its fast library path
+(~70 GFLOP/s here for LeNet's gradient), but inside a `while` loop, which is where the engine
+runs every local step (`lax.scan`, and `lax.map` over nodes), the same convolutions ran 8-9x
+slower (the kernel-gradient convolution alone: 145 ms of a 165 ms step, jax.profiler trace,
+README "Performance"). As matmuls they keep the full rate inside loops and, vmapped, become
+batched matmuls instead of grouped convolutions. `auto` = im2col on CPU, xla elsewhere.
+
+`max_pool_2x2` is the 2x2 / stride-2 max-pool as a reshape and a max: `nn.max_pool`'s gradient
+(select-and-scatter, with a value/index reduce-window) took ~30% of the CNN's step on CPU; the
+reshape form's gradient is elementwise. Forward values are identical; at tied maxima the
+reshape form splits the gradient among the ties instead of giving it to the first one (after a
+ReLU the ties are zeros, whose gradient the ReLU drops anyway).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+CONV_IMPLS = ("auto", "xla", "im2col")
+_logged: set[tuple[str, str]] = set()
+
+
+def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
+  """'auto' -> 'im2col' on CPU, 'xla' on accelerators; validates the name."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown convolution implementation model.conv={impl!r}; "
+                     f"valid: {list(CONV_IMPLS)}.")
+  if impl != "auto":
+    return impl
+  backend = backend or jax.default_backend()
+  choice = "im2col" if backend == "cpu" else "xla"
+  if (backend, choice) not in _logged:
+    _logged.add((backend, choice))
+    logging.info("dfl.layers: model.conv=auto -> %s on %s", choice, backend)
+  return choice
+
+
+def im2col(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int]) -> jax.Array:
+  """[B, H, W, C] -> [B, H', W', kh*kw*C] ('SAME' padding), ordered (dy, dx, c) like a
+  flax kernel [kh, kw, C, F] reshaped to [kh*kw*C, F]."""
+  (kh, kw), (sh, sw) = kernel_size, strides
+  _, h, w, _ = x.shape
+  (ph_lo, ph_hi), (pw_lo, pw_hi) = jax.lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), "SAME")
+  xp = jnp.pad(x, ((0, 0), (ph_lo, ph_hi), (pw_lo, pw_hi), (0, 0)))
+  out_h, out_w = -(-h // sh), -(-w // sw)
+  views = [xp[:, dy:dy + (out_h - 1) * sh + 1:sh, dx:dx + (out_w - 1) * sw + 1:sw, :]
+           for dy in range(kh) for dx in range(kw)]
+  return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+class Conv(nn.Module):
+  """`nn.Conv` with 'SAME' padding, computed as `impl` says (see the module docstring)."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  use_bias: bool = True
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (kh, kw, x.shape[-1], self.features))
+    if resolve_conv_impl(self.impl) == "im2col":
+      y = im2col(x, (kh, kw), self.strides) @ kernel.reshape(-1, self.features)
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    return y
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nn.max_pool(x, (2, 2), (2, 2))` ('VALID': an odd last row/column is dropped)."""
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
