@@ -150,9 +150,11 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
   sizes = [data.sizes[i] for i in range(n)]
 
   @jax.jit
-  def node_phase(params, round_key, i, indices, size):
+  def node_phase(params, round_key, i, x, y, indices, size):
+    # The training set is an argument, not a closed-over constant (which XLA would embed and
+    # copy into the program).
     k = jax.random.fold_in(round_key, i)
-    out = local_sgd(params, optimizer.init(params), k, NodeData(x_all, y_all, indices, size))
+    out = local_sgd(params, optimizer.init(params), k, NodeData(x, y, indices, size))
     return out[0], out[2]
 
   @jax.jit
@@ -167,7 +169,7 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
     nonlocal node_params
     round_key = jax.random.fold_in(key, t)
     start = time.perf_counter()
-    outs = [node_phase(node_params[i], round_key, index_args[i], rows[i], sizes[i])
+    outs = [node_phase(node_params[i], round_key, index_args[i], x_all, y_all, rows[i], sizes[i])
             for i in range(n)]
     node_params = gossip([p for p, _ in outs])
     jax.block_until_ready(node_params)
