@@ -98,9 +98,9 @@ def _uses_convolution(jaxpr) -> bool:
 # On CPU, `auto` vmaps groups of G nodes inside the in-program loop (`chunk:G`): a group big
 # enough to amortise the loop's per-op dispatch, small enough that the group's parameters (and
 # their gradients) stay cache-sized: G x floats-per-node <= this budget (4 MiB of f32), G a
-# power of two <= 64. Measured (README "Performance", W1/W4 idle, s/round): MLP 200k params
-# chunk:4 0.099 vs map 0.119 vs vmap 0.127; logreg 7.9k params chunk:32 0.063 vs map 0.079 vs
-# vmap 0.090; LeNet CNN 1.66M params -> G = 1 = map (3.50 s vs chunk:2 3.63, vmap 4.04).
+# power of two <= 64. Measured (README "Performance", idle, median s/round): MLP 200k params
+# chunk:4 0.100 vs map 0.119 vs vmap 0.127; logreg 7.9k params chunk:32 0.063 vs map 0.079 vs
+# vmap 0.090; LeNet CNN 1.66M params -> G = 1 = map (3.59 s vs chunk:2 3.67, vmap 4.04).
 CPU_GROUP_FLOATS = 2 ** 20
 CPU_MAX_GROUP = 64
 
