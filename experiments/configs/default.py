@@ -84,7 +84,8 @@ def get_config():
   c.train = config_dict.ConfigDict()
   c.train.rounds = 200
   # How per-node work is lifted over nodes (dfl/execution.py): auto | vmap | map | chunk:G.
-  # auto picks per model and backend (a loop over nodes for convolutions on CPU) and logs it.
+  # auto picks per model and backend and logs it: vmap on GPU/TPU; on CPU a loop over cache-sized
+  # vmapped groups of nodes (chunk:G, G from the model size; map for big models).
   c.train.execution = "auto"
 
   c.eval = config_dict.ConfigDict()
