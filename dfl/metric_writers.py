@@ -35,15 +35,23 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-  """Every numeric field of a record as a scalar at step = record['round']."""
+  """Every numeric field of a record as a scalar at step = record['round'].
 
-  def __init__(self, logdir: str):
+  purge_step: a resumed run restarts at its checkpoint's round, so the rounds the killed run
+  logged after it are logged again. TensorBoard hides the older events at steps >= purge_step
+  (a purge event at the start of the new file), as metrics.jsonl is rewound to the checkpoint.
+  """
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
     try:
       from tensorboardX import SummaryWriter
     except ImportError as e:
       raise ImportError("logging.tensorboard=True needs tensorboardX (no TensorFlow): "
                         "pip install -e \".[tensorboard]\" (or pip install tensorboardX).") from e
-    self._writer = SummaryWriter(logdir)
+    # A resumed run's file is named after its round: event file names are only unique per
+    # second and host, and a same-named file would be overwritten.
+    suffix = f".from_round_{purge_step}" if purge_step else ""
+    self._writer = SummaryWriter(logdir, purge_step=purge_step, filename_suffix=suffix)
 
   def write(self, record: dict) -> None:
     step = int(record["round"])
@@ -75,10 +83,13 @@ class MultiWriter:
     self.close()
 
 
-def make_metric_writer(workdir: str, *, tensorboard: bool = False, mode: str = "w") -> MultiWriter:
+def make_metric_writer(workdir: str, *, tensorboard: bool = False, mode: str = "w",
+                       resume_round: int = 0) -> MultiWriter:
   """metrics.jsonl in `workdir` (mode 'a' to continue a resumed run), plus TensorBoard events
-  under workdir/tensorboard/ when `tensorboard` is set."""
+  under workdir/tensorboard/ when `tensorboard` is set; `resume_round` > 0 purges the
+  TensorBoard events of rounds >= it that an interrupted run left behind."""
   writers = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"), mode)]
   if tensorboard:
-    writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_SUBDIR)))
+    writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_SUBDIR),
+                                     purge_step=resume_round or None))
   return MultiWriter(writers)

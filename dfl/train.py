@@ -369,7 +369,8 @@ def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
               "jax": jax.__version__, "backend": jax.default_backend()}
   start = time.perf_counter()
   main = is_main_process()
-  with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard, mode="a") if main
+  with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard, mode="a",
+                          resume_round=progress.round) if main
         else MultiWriter([])) as writer, \
       tqdm(total=rounds, initial=progress.round, unit="round", dynamic_ncols=True,
            desc=f"{config.algorithm.name}/{config.topology.name}", disable=not main) as bar:
