@@ -72,7 +72,7 @@ class Run:
 @dataclasses.dataclass
 class Outcome:
   run: Run
-  status: str  # done | failed | not started
+  status: str  # done | failed | interrupted (stopped by the sweep; resumes) | not started
   seconds: float = 0.0
   returncode: int | None = None
   tail: str = ""
@@ -185,8 +185,9 @@ def _tail(log_path: str, start: int) -> str:
 
 
 class Executor:
-  """Runs launch.main subprocesses, `parallel` at a time; Ctrl-C stops them all (SIGTERM, so a
-  run can checkpoint on the way out) and leaves their workdirs to be resumed."""
+  """Runs launch.main subprocesses, `parallel` at a time. Ctrl-C or a SIGTERM to the sweep stops
+  them all (SIGTERM, so each run checkpoints on the way out), waits for them, and reports them
+  as interrupted: their workdirs resume on the next call."""
 
   def __init__(self, parallel: int, compilation_cache: str | None = None):
     self.parallel = parallel
@@ -219,6 +220,8 @@ class Executor:
     seconds = time.perf_counter() - start
     if returncode == 0 and is_finished(run):
       return Outcome(run, "done", seconds, returncode)
+    if self.stopping.is_set():  # stopped by us; exit 143 after its checkpoint
+      return Outcome(run, "interrupted", seconds, returncode)
     return Outcome(run, "failed", seconds, returncode, _tail(log_path, offset))
 
   def stop(self) -> None:
@@ -228,19 +231,24 @@ class Executor:
         proc.send_signal(signal.SIGTERM)
 
   def run_all(self, runs: list[Run], report=print) -> list[Outcome]:
+    """Outcomes of all runs; `self.stopping` is set if the sweep was interrupted."""
     outcomes = []
     with ThreadPoolExecutor(max_workers=self.parallel) as pool:
       futures = [pool.submit(self.run_one, run) for run in runs]
       try:
         for future in as_completed(futures):
-          outcome = future.result()
-          outcomes.append(outcome)
-          if outcome.status != "not started":
-            report(_progress_line(len(outcomes), len(runs), outcome))
-      except KeyboardInterrupt:
-        report("Interrupted: stopping the running runs; run the same command again to resume.")
+          outcomes.append(future.result())
+          if outcomes[-1].status != "not started":
+            report(_progress_line(len(outcomes), len(runs), outcomes[-1]))
+      except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
+        report("Interrupted: stopping the running runs (each checkpoints first) ...")
         self.stop()
-        raise
+        done = {id(o.run) for o in outcomes}
+        for future in futures:  # the stopped runs exit within a checkpoint's time
+          if id(future.result().run) not in done:
+            outcomes.append(future.result())
+            if outcomes[-1].status != "not started":
+              report(_progress_line(len(outcomes), len(runs), outcomes[-1]))
     return outcomes
 
 
@@ -277,6 +285,7 @@ def slurm_script(runs: list[Run], root: str, parallel: int, sbatch: list[str],
 def summarize(outcomes: list[Outcome], skipped: int, report=print) -> None:
   count = lambda s: sum(o.status == s for o in outcomes)
   report(f"\n{count('done')} done, {skipped} already finished (skipped), {count('failed')} failed"
+         + (f", {count('interrupted')} interrupted" if count("interrupted") else "")
          + (f", {count('not started')} not started" if count("not started") else ""))
   for o in outcomes:
     if o.status == "failed":
@@ -319,8 +328,18 @@ def main(argv):
   print(f"Sweep: {total} runs under {root}, {total - todo} already finished; running {todo}"
         + (f" in {len(pending)} batched processes" if _BATCH_SEEDS.value else "")
         + f", {_PARALLEL.value} at a time.", flush=True)
-  outcomes = Executor(_PARALLEL.value, cache).run_all(pending, report=lambda s: print(s, flush=True))
+  executor = Executor(_PARALLEL.value, cache)
+  stop_signal = []
+
+  def on_sigterm(signum, frame):  # a scheduler stopping the sweep: stop the runs as Ctrl-C does
+    stop_signal.append(signum)
+    raise KeyboardInterrupt
+  signal.signal(signal.SIGTERM, on_sigterm)
+  outcomes = executor.run_all(pending, report=lambda s: print(s, flush=True))
   summarize(outcomes, len(runs) - len(pending))
+  if executor.stopping.is_set():
+    print("\nInterrupted; run the same command again to resume the unfinished runs.")
+    sys.exit(128 + (stop_signal[0] if stop_signal else signal.SIGINT))
   print(f"\nResults: python -m launch.report {root}")
   if any(o.status != "done" for o in outcomes):
     sys.exit(1)

@@ -90,3 +90,29 @@ def test_batched_seeds_sweep_runs_each_setting_in_one_process(tmp_path):
     assert json.loads((setting / f"seed={seed}" / "config.json").read_text())["seed"] == seed
   again = sweep(tmp_path, "--sweep=algorithm.name=dfedavg", "--seeds=0,1")  # unbatched: same dirs
   assert "0 done, 2 already finished (skipped), 0 failed" in again.stdout
+
+
+def test_sigterm_stops_the_runs_reports_them_interrupted_and_they_resume(tmp_path):
+  import signal
+  import time
+  cmd = [sys.executable, "-m", "launch.sweep", "--config=experiments/configs/default.py",
+         f"--root={tmp_path}", "--parallel=2", "--seeds=0,1,2", *TINY,
+         "--config.train.rounds=1000000", "--config.checkpoint.every_rounds=1000000"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 300
+    running = [tmp_path / "base" / f"seed={s}" / "metrics.jsonl" for s in (0, 1)]
+    while not all(p.exists() and p.stat().st_size for p in running):  # both runs are training
+      assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else ""
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, out
+  assert "0 done, 0 already finished (skipped), 0 failed, 2 interrupted, 1 not started" in out, out
+  assert "run the same command again to resume" in out
+  for seed in (0, 1):  # each stopped run wrote a checkpoint on the way out
+    assert os.listdir(tmp_path / "base" / f"seed={seed}" / "checkpoints"), seed
+  pending = subprocess.run(cmd + ["--emit=commands"], cwd=REPO, capture_output=True, text=True)
+  assert pending.returncode == 0 and len(pending.stdout.strip().splitlines()) == 3
