@@ -29,8 +29,8 @@ from tqdm import tqdm
 from dfl.algorithms.base import RoundInputs
 from dfl.local import NodeData
 from dfl.metric_writers import make_metric_writer
-from dfl.train import (CommCounter, Experiment, _before_merge, build_experiment, evaluation_record,
-                       make_summary, mixing_operator, use_sparse_mixing)
+from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
+from dfl.train import CommCounter, _before_merge, evaluation_record, make_summary
 
 _stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 

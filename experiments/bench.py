@@ -77,7 +77,7 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
   from dfl.mixing import mix
   from dfl.models import cross_entropy_loss
   from dfl.sam import sam_gradient
-  from dfl.train import build_experiment, mixing_operator, use_sparse_mixing
+  from dfl.experiment import build_experiment, mixing_operator, use_sparse_mixing
   from experiments.configs import default
 
   spec = WORKLOADS[name]

@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dfl.train import build_experiment, mixing_operator  # noqa: E402
+from dfl.experiment import build_experiment, mixing_operator  # noqa: E402
 from dfl.variance_correction import layer_variances  # noqa: E402
 from experiments.configs import vca_mnist  # noqa: E402
 

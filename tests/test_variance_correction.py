@@ -9,7 +9,8 @@ from dfl import DenseMixing, SparseMixing, mix, variance_corrected_mix
 from dfl.algorithms.gossip import gossip_learning_mixing
 from dfl.algorithms.local_then_gossip import local_then_gossip
 from dfl.config_checks import validate_config
-from dfl.train import build_experiment, mixing_operator, train_and_evaluate
+from dfl.experiment import build_experiment, mixing_operator
+from dfl.train import train_and_evaluate
 from dfl.variance_correction import layer_variances, tensor_variance
 
 # Three nodes, non-uniform weights: node 0 hears 1 (0.3) and 2 (0.2); nodes 1 and 2 hear only 0.

@@ -12,7 +12,8 @@ from dfl.algorithms.modest import candidate_list, first_qualifying, modest_round
 from dfl.engine import make_chunk_runner
 from dfl.local import NodeData
 from dfl.membership import build_membership
-from dfl.train import build_experiment, mixing_operator, train_and_evaluate
+from dfl.experiment import build_experiment, mixing_operator
+from dfl.train import train_and_evaluate
 
 
 def _run(exp, rounds, start=0, state=None):
@@ -106,7 +107,7 @@ def test_per_node_transfers_match_the_protocol_under_churn(tiny, s, a):
                 algorithm__aggregators=a, algorithm__membership=schedule)
   exp = build_experiment(config)
   _, metrics = _run(exp, rounds)
-  from dfl.train import _MEMBERSHIP_STREAM, _seed
+  from dfl.experiment import _MEMBERSHIP_STREAM, _seed
   membership = build_membership(n, schedule, seed=_seed(None, config.seed, _MEMBERSHIP_STREAM))
   listed = lambda t: np.asarray(membership.listed(t))
   answers = lambda t: np.asarray(membership.answers(t))

@@ -6,7 +6,7 @@ import pytest
 
 from dfl import train
 from dfl.batched import check_same_program, stacked_data, train_and_evaluate_seeds
-from dfl.train import build_experiment, mixing_operator
+from dfl.experiment import build_experiment, mixing_operator
 from tests.conftest import tiny_config
 
 EXACT = {"round", "comm_transfers", "comm_bytes", "comm_bytes_max_node"}

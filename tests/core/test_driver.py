@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from dfl.train import build_experiment, train_and_evaluate
+from dfl.experiment import build_experiment
+from dfl.train import train_and_evaluate
 from tests.conftest import REPO, tiny_config
 
 REQUIRED_KEYS = {"round", "test_accuracy", "test_accuracy_local_mean", "consensus_distance",

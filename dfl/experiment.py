@@ -1,0 +1,121 @@
+"""Building an experiment from a config: data on device, model, topology, algorithm, evaluator.
+
+`build_experiment(config)` validates the config and returns an `Experiment` with everything the
+driver (dfl/train.py) runs; benchmarks and figure scripts use it to get the same pieces without
+the driver's loop. Every random stream (initialisation, training, partition, graph, membership)
+is derived from config.seed with its own tag, so changing one never shifts another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+import topologies
+from dfl.algorithms import Algorithm, BuildContext, build_algorithm
+from dfl.config_checks import validate_config
+from dfl.data import Dataset, load_dataset
+from dfl.data.partition import pack_shards, partition
+from dfl.engine import make_chunk_runner
+from dfl.evaluation import make_evaluator
+from dfl.local import NodeData
+from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
+from dfl.models import cross_entropy_loss, make_model
+from dfl.sharding import NodePlacement, make_placement
+from dfl.variance_correction import build_mixer
+
+# Tags of the independent random streams derived from config.seed.
+_INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
+_MEMBERSHIP_STREAM = 4
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config, ready to run."""
+  config: Any
+  dataset: Dataset
+  shards: list  # per-node index arrays into the training set
+  data: NodeData  # device-resident training data
+  model: Any
+  topology: topologies.Topology
+  algorithm: Algorithm
+  run_chunk: Callable
+  evaluate: Callable
+  train_key: jax.Array
+  model_bytes: int
+  init_params: Any  # [N, ...]
+  placement: NodePlacement  # the device mesh the node axis is sharded over
+
+
+def _seed(override, seed: int, stream: int) -> int:
+  return int(override) if override is not None else seed * 1000 + stream
+
+
+def init_node_params(model, input_shape, num_nodes: int, key: jax.Array, same_init: bool):
+  dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  init = lambda k: model.init(k, dummy)["params"]
+  if same_init:
+    params = init(key)
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_nodes,) + x.shape), params)
+  return jax.vmap(init)(jax.random.split(key, num_nodes))
+
+
+def topology_options(topology_config) -> dict:
+  """Graph-specific fields of the topology section (degree, edge probability, ...)."""
+  common = {"name", "weights", "mixing_form", "seed"}
+  return {k: v for k, v in topology_config.items() if k not in common}
+
+
+def use_sparse_mixing(form: str, topology: topologies.Topology) -> bool:
+  if form != "auto":
+    return form == "sparse"
+  n = topology.num_nodes  # the width covers every round (a final merge makes it N)
+  return n > 64 and topology.neighbor_width <= n // 8
+
+
+def mixing_operator(topology: topologies.Topology, round_index: int, sparse: bool):
+  if sparse:
+    indices, weights = topology.neighbors(round_index)
+    return SparseMixing(jnp.asarray(indices), jnp.asarray(weights, jnp.float32))
+  return DenseMixing(jnp.asarray(topology.matrix(round_index), jnp.float32))
+
+
+def build_experiment(config) -> Experiment:
+  validate_config(config)
+  n = config.num_nodes
+  placement = make_placement(config.mesh, n)  # before any other JAX work (multi-host init)
+  dataset = load_dataset(config.data.name, config.data.dir or None)
+  shards = partition(dataset.y_train, n, config.data.partition, alpha=config.data.alpha,
+                     classes_per_node=config.data.classes_per_node,
+                     seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
+  indices, sizes = pack_shards(shards)
+  data = placement.node_data(dataset.x_train, dataset.y_train, indices, sizes)
+  model = make_model(config.model.name, dataset.num_classes, hidden=config.model.hidden,
+                     conv=config.model.conv)
+  root = jax.random.key(config.seed)
+  init_params = placement.build(
+      lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),
+      jax.random.fold_in(root, _INIT_STREAM))
+  options = topology_options(config.topology)
+  if options.get("num_rounds") is None:  # schedules place their dense rounds at the run's end
+    options["num_rounds"] = config.train.rounds
+  topology = topologies.make(config.topology.name, n, weights=config.topology.weights,
+                             seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
+                             **options)
+  loss_fn = cross_entropy_loss(model)
+  algorithm = build_algorithm(config.algorithm, BuildContext(
+      loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
+      seed=_seed(None, config.seed, _MEMBERSHIP_STREAM)))
+  algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
+  evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
+                            batch_size=config.eval.batch_size,
+                            local_examples=config.eval.local_examples,
+                            execution_strategy=config.train.execution)
+  return Experiment(config, dataset, shards, data, model, topology, algorithm,
+                    placement.runner(make_chunk_runner(algorithm, config.train.execution)),
+                    evaluate,
+                    jax.random.fold_in(root, _TRAIN_STREAM),
+                    tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement)
