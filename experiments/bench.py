@@ -78,6 +78,7 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
   from dfl.models import cross_entropy_loss
   from dfl.sam import sam_gradient
   from dfl.experiment import build_experiment, mixing_operator, use_sparse_mixing
+  from dfl.layers import resolve_conv_impl
   from experiments.configs import default
 
   spec = WORKLOADS[name]
@@ -190,6 +191,7 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
   return {
       "workload": name, "nodes": n, "model": spec["model"], "rho": spec["rho"],
       "strategy": strategy[0], "strategy_reason": strategy[1], "backend": jax.default_backend(),
+      "conv": resolve_conv_impl(c.model.conv) if spec["model"] == "cnn" else None,
       "rounds_per_chunk": rounds, "repeats": repeats,
       "compile_s": first - steady, "round_s": _median_spread(engine_s),
       "node_steps_per_s": n * LOCAL_STEPS / statistics.median(engine_s),
@@ -298,7 +300,8 @@ def print_tables(results: list[dict], gossip: list[dict]) -> None:
     print("|" + "---|" * 16)
     for r in results:
       loop, torch = r["loop_round_s"], r.get("torch")
-      cells = [r["workload"], r["nodes"], r["model"] + (" SAM" if r["rho"] else ""), r["strategy"],
+      strategy = r["strategy"] + (f", {r['conv']}" if r.get("conv") else "")  # e.g. "map, im2col"
+      cells = [r["workload"], r["nodes"], r["model"] + (" SAM" if r["rho"] else ""), strategy,
                f"{r['compile_s']:.1f}", _fmt_spread(r["round_s"]), f"{r['node_steps_per_s']:.0f}",
                f"{r['model_flops_per_s'] / 1e9:.1f}",
                f"{r['matmul_flops_per_s']['median'] / 1e9:.0f}",
