@@ -11,9 +11,10 @@ depend on the formulation. Two ways to compute it:
 Why: XLA:CPU runs a convolution at the top level of a program through its fast library path
 (~70 GFLOP/s here for LeNet's gradient), but inside a `while` loop, which is where the engine
 runs every local step (`lax.scan`, and `lax.map` over nodes), the same convolutions ran 8-9x
-slower (the kernel-gradient convolution alone: 145 ms of a 165 ms step, jax.profiler trace,
-README "Performance"). As matmuls they keep the full rate inside loops and, vmapped, become
-batched matmuls instead of grouped convolutions. `auto` = im2col on CPU, xla elsewhere.
+slower (in a jax.profiler trace the kernel-gradient convolution alone took 145 ms per step,
+against 28 ms for the whole gradient at the top level; README "Performance"). As matmuls they
+keep the full rate inside loops and, vmapped, become batched matmuls instead of grouped
+convolutions. `auto` = im2col on CPU, xla elsewhere.
 
 `max_pool_2x2` is the 2x2 / stride-2 max-pool as a reshape and a max: `nn.max_pool`'s gradient
 (select-and-scatter, with a value/index reduce-window) took ~30% of the CNN's step on CPU; the

@@ -233,22 +233,23 @@ class Executor:
   def run_all(self, runs: list[Run], report=print) -> list[Outcome]:
     """Outcomes of all runs; `self.stopping` is set if the sweep was interrupted."""
     outcomes = []
+
+    def collect(outcome: Outcome) -> None:
+      outcomes.append(outcome)
+      if outcome.status != "not started":
+        report(_progress_line(len(outcomes), len(runs), outcome))
+
     with ThreadPoolExecutor(max_workers=self.parallel) as pool:
       futures = [pool.submit(self.run_one, run) for run in runs]
       try:
         for future in as_completed(futures):
-          outcomes.append(future.result())
-          if outcomes[-1].status != "not started":
-            report(_progress_line(len(outcomes), len(runs), outcomes[-1]))
+          collect(future.result())
       except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
         report("Interrupted: stopping the running runs (each checkpoints first) ...")
         self.stop()
-        done = {id(o.run) for o in outcomes}
         for future in futures:  # the stopped runs exit within a checkpoint's time
-          if id(future.result().run) not in done:
-            outcomes.append(future.result())
-            if outcomes[-1].status != "not started":
-              report(_progress_line(len(outcomes), len(runs), outcomes[-1]))
+          if future.result() not in outcomes:
+            collect(future.result())
     return outcomes
 
 
