@@ -11,13 +11,16 @@ algorithm itself does not depend on the seed (e.g. no per-node step counts deriv
 sizes), which is checked: the jaxpr of one round, constants included, must be the same for all
 seeds. Shards are padded to a common width; with JAX's partitionable threefry (the default)
 each sample's random draw depends only on its position, so padding does not change the run.
-Not checkpointed: an interrupted batch starts again.
+Checkpoints: each seed saves its slice of the state into its own workdir, in the format of its
+separate run, at the rounds that run would; an interrupted batch resumes from them (all seeds
+must be at the same round), and a seed can also be resumed on its own without --seeds.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import signal
 import time
 from typing import Callable, Sequence
 
@@ -26,11 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dfl import checkpoint
 from dfl.algorithms.base import RoundInputs
 from dfl.local import NodeData
 from dfl.metric_writers import make_metric_writer
 from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
-from dfl.train import CommCounter, _before_merge, evaluation_record, make_summary
+from dfl.train import (OUTPUTS, _before_merge, checkpoint_due, chunk_end, evaluation_record,
+                       make_summary, run_meta, start_or_resume)
 
 _stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -128,43 +133,63 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
   sparse = sparse_S.pop()
 
   data = stacked_data(exps)
-  states = [exp0.algorithm.init(e.init_params) for e in exps]
-  data0 = NodeData(data.x, data.y, data.indices[0], data.sizes[0])
-  check_same_program(exps, states[0], data0, mixing_operator(exp0.topology, 0, sparse))
-  state = _stack(states)
-  train_key_S = jnp.stack([e.train_key for e in exps])
-  run_chunk = make_batched_chunk_runner(exp0.run_chunk)
-  evaluate = jax.jit(jax.vmap(exp0.evaluate))
-
-  for c, workdir in zip(configs, workdirs):
+  for workdir in workdirs:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(c.to_json(indent=2))
-  writers = [make_metric_writer(w, tensorboard=config.logging.tensorboard) for w in workdirs]
-  comms = [CommCounter(config.num_nodes, exp0.model_bytes) for _ in exps]
-  records: list[list[dict]] = [[] for _ in exps]
-
-  def record(params_S, round_done, loss_S, wall):
-    figures = jax.device_get(evaluate(params_S))
-    for s in range(len(exps)):
-      rec = evaluation_record({k: v[s] for k, v in figures.items()}, round_done,
-                              None if loss_S is None else loss_S[s], comms[s], wall)
-      records[s].append(rec)
-      writers[s].write(rec)
-
-  rounds, every = config.train.rounds, config.eval.every_rounds
-  start = time.perf_counter()
-  record(state.params, 0, None, 0.0)
+    if config.checkpoint.fresh:
+      checkpoint.discard_run(workdir, OUTPUTS)
+  # Seed s checkpoints its slice of the state into its own workdir, exactly as its separate run
+  # would: the batch resumes from them, and so could each seed on its own.
+  checkpoints = [checkpoint.RunCheckpoints(w, max_to_keep=config.checkpoint.max_to_keep,
+                                           async_save=config.checkpoint.async_save)
+                 for w in workdirs]
+  writers = []
   try:
-    with tqdm(total=rounds, desc=f"{config.algorithm.name}/{config.topology.name} x{len(exps)} seeds",
-              unit="round", dynamic_ncols=True) as bar:
-      done = 0
+    progress = [start_or_resume(e, w, c, evaluate_start=False)
+                for e, w, c in zip(exps, workdirs, checkpoints)]
+    resumed = sorted({p.round for p in progress})
+    if len(resumed) > 1:
+      raise ValueError(
+          f"The seeds' newest checkpoints are at different rounds {resumed} (in "
+          f"{', '.join(workdirs)}), so they cannot continue as one batch; resume them one by one "
+          "(python -m launch.main without --seeds, one --workdir each) or start over with "
+          "--config.checkpoint.fresh=True.")
+    done, wall_offset = resumed[0], max(p.wall_offset for p in progress)
+    data0 = NodeData(data.x, data.y, data.indices[0], data.sizes[0])
+    check_same_program(exps, progress[0].state, data0, mixing_operator(exp0.topology, 0, sparse))
+    state = _stack([p.state for p in progress])
+    train_key_S = jnp.stack([e.train_key for e in exps])
+    run_chunk = make_batched_chunk_runner(exp0.run_chunk)
+    evaluate = jax.jit(jax.vmap(exp0.evaluate))
+
+    for c, workdir in zip(configs, workdirs):
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(c.to_json(indent=2))
+    writers = [make_metric_writer(w, tensorboard=config.logging.tensorboard, mode="a",
+                                  resume_round=done) for w in workdirs]
+    comms = [p.comm for p in progress]
+    records: list[list[dict]] = [p.records for p in progress]
+    metas = [run_meta(c) for c in configs]
+
+    def record(params_S, round_done, loss_S, wall):
+      figures = jax.device_get(evaluate(params_S))
+      for s in range(len(exps)):
+        rec = evaluation_record({k: v[s] for k, v in figures.items()}, round_done,
+                                None if loss_S is None else loss_S[s], comms[s], wall)
+        records[s].append(rec)
+        writers[s].write(rec)
+
+    rounds = config.train.rounds
+    start = time.perf_counter()
+    if done == 0:
+      record(state.params, 0, None, 0.0)
+    with checkpoint.PreemptionGuard() as guard, \
+        tqdm(total=rounds, initial=done, unit="round", dynamic_ncols=True,
+             desc=f"{config.algorithm.name}/{config.topology.name} x{len(exps)} seeds") as bar:
       while done < rounds:
-        length = min(every, rounds - done)
-        if merge_start is not None and done < merge_start < done + length:
-          length = merge_start - done  # as train_and_evaluate: evaluate right before the merge
-        mixing, per_seed = _mixing(exps, range(done, done + length), sparse)
-        rounds_R = jnp.arange(done, done + length, dtype=jnp.int32)
+        begin = done
+        length = chunk_end(exp0, begin) - begin  # the chunks of a separate run
+        mixing, per_seed = _mixing(exps, range(begin, begin + length), sparse)
+        rounds_R = jnp.arange(begin, begin + length, dtype=jnp.int32)
         state, metrics = run_chunk(state, data, train_key_S, rounds_R, mixing,
                                    exp0.topology.time_varying, per_seed)
         done += length
@@ -176,14 +201,30 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
           bad = [seeds[s] for s in np.flatnonzero(~np.isfinite(loss_S))]
           raise FloatingPointError(f"Training diverged for seed(s) {bad}: non-finite loss by "
                                    f"round {done}; lower algorithm.lr (now {config.algorithm.lr}).")
-        record(state.params, done, loss_S, time.perf_counter() - start)
+        wall = wall_offset + time.perf_counter() - start
+        record(state.params, done, loss_S, wall)
+        preempted = guard.signum is not None and done < rounds
+        if preempted or checkpoint_due(config, begin, done):
+          for s, ckpt in enumerate(checkpoints):
+            ckpt.save(done, jax.tree.map(lambda x, s=s: x[s], state),
+                      {**metas[s], "comm": comms[s].state_dict(), "wall_seconds": wall,
+                       "record": records[s][-1]})
         bar.update(length)
         bar.set_postfix(acc=f"{np.mean([r[-1]['test_accuracy'] for r in records]):.4f}")
+        if preempted:
+          for ckpt in checkpoints:
+            ckpt.wait()
+          raise checkpoint.Preempted(guard.signum, done, (
+              f"Stopped by {signal.Signals(guard.signum).name} after round {done} of {rounds}; "
+              f"each seed's checkpoint is in its workdir. Run the same command to resume "
+              f"from round {done}."))
   finally:
     for w in writers:
       w.close()
+    for ckpt in checkpoints:
+      ckpt.close()
 
-  wall = time.perf_counter() - start
+  wall = wall_offset + time.perf_counter() - start
   summaries = []
   for s, workdir in enumerate(workdirs):
     summary = make_summary(records[s], rounds, wall)

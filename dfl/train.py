@@ -109,7 +109,7 @@ class Progress:
   records: list  # the evaluation records so far, as in metrics.jsonl
 
 
-_OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", TENSORBOARD_SUBDIR)
+OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", TENSORBOARD_SUBDIR)
 
 
 def _mixing_source(exp: Experiment) -> Callable:
@@ -136,6 +136,14 @@ def run_config_dict(config_dict: dict) -> dict:
   return config_dict
 
 
+def run_meta(config) -> dict:
+  """What every checkpoint of a run records besides its round: the config (as compared on
+  resume), its fingerprint, and the jax version and backend that wrote it."""
+  config_dict = run_config_dict(checkpoint.config_to_dict(config))
+  return {"config": config_dict, "config_fingerprint": checkpoint.config_fingerprint(config_dict),
+          "jax": jax.__version__, "backend": jax.default_backend()}
+
+
 def _check_previous_config(workdir: str, now: dict) -> None:
   """A workdir without checkpoints may still hold outputs of another run: never overwrite it."""
   path = os.path.join(workdir, "config.json")
@@ -146,9 +154,11 @@ def _check_previous_config(workdir: str, now: dict) -> None:
       logging.info("config differs from the previous run in %s (allowed): %s", workdir, line)
 
 
-def _start_or_resume(exp: Experiment, workdir: str,
-                     checkpoints: checkpoint.RunCheckpoints) -> Progress:
-  """Restores the newest readable checkpoint in `workdir`, or starts at round 0."""
+def start_or_resume(exp: Experiment, workdir: str, checkpoints: checkpoint.RunCheckpoints,
+                     evaluate_start: bool = True) -> Progress:
+  """Restores the newest readable checkpoint in `workdir`, or starts at round 0 (with the
+  round-0 evaluation as its first record, unless `evaluate_start` is False: batched seeds
+  evaluate all seeds at once)."""
   config = exp.config
   now = run_config_dict(checkpoint.config_to_dict(config))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -174,7 +184,8 @@ def _start_or_resume(exp: Experiment, workdir: str,
     _check_previous_config(workdir, now)
     if main:
       checkpoint.write_jsonl_atomic(metrics_path, [])  # _run_chunks logs round 0 first
-    return Progress(0, initial, comm, 0.0, [_evaluation_record(exp, initial, 0, None, comm, 0.0)])
+    first = [_evaluation_record(exp, initial, 0, None, comm, 0.0)] if evaluate_start else []
+    return Progress(0, initial, comm, 0.0, first)
   if restored.round > config.train.rounds:
     raise ValueError(f"train.rounds={config.train.rounds} is below the round of the newest "
                      f"checkpoint ({restored.round}) in {checkpoints.directory}; use a new "
@@ -187,7 +198,7 @@ def _start_or_resume(exp: Experiment, workdir: str,
   return Progress(restored.round, restored.state, comm, restored.meta["wall_seconds"], records)
 
 
-def _chunk_end(exp: Experiment, begin: int) -> int:
+def chunk_end(exp: Experiment, begin: int) -> int:
   """The next multiple of eval.every_rounds (or train.rounds), counted from round 0, so a
   resumed run compiles and runs exactly the chunks of an uninterrupted one. A schedule's
   dense rounds (e.g. the final global merge) start a chunk, so the local models right before
@@ -204,7 +215,7 @@ def _merge_start(exp: Experiment):
   return exp.topology.dense_rounds[0] if exp.topology.dense_rounds else None
 
 
-def _checkpoint_due(config, begin: int, end: int) -> bool:
+def checkpoint_due(config, begin: int, end: int) -> bool:
   """After the chunk of rounds [begin, end): at the last round, or if it reached or passed a
   multiple of checkpoint.every_rounds (chunk ends are the only points with a state on host)."""
   every = config.checkpoint.every_rounds
@@ -253,15 +264,12 @@ def _run_chunk(exp: Experiment, progress: Progress, end: int, mixing_for: Callab
 
 def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
                 checkpoints: checkpoint.RunCheckpoints, guard: checkpoint.PreemptionGuard):
-  """The loop: chunks of rounds (see _chunk_end), an evaluation after each, checkpoints at
+  """The loop: chunks of rounds (see chunk_end), an evaluation after each, checkpoints at
   chunk ends."""
   config = exp.config
   rounds = config.train.rounds
   mixing_for = _mixing_source(exp)
-  config_dict = run_config_dict(checkpoint.config_to_dict(config))
-  run_meta = {"config": config_dict,
-              "config_fingerprint": checkpoint.config_fingerprint(config_dict),
-              "jax": jax.__version__, "backend": jax.default_backend()}
+  meta = run_meta(config)
   start = time.perf_counter()
   main = is_main_process()
   with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard, mode="a",
@@ -273,7 +281,7 @@ def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
       writer.write(progress.records[0])
     while progress.round < rounds:
       begin = progress.round
-      end = _chunk_end(exp, begin)
+      end = chunk_end(exp, begin)
       train_loss = _run_chunk(exp, progress, end, mixing_for, checkpoints)
       wall = progress.wall_offset + time.perf_counter() - start
       record = _evaluation_record(exp, progress.state, end, train_loss, progress.comm, wall)
@@ -281,8 +289,8 @@ def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
       writer.write(record)
       checkpoint.self_signal_hook(end, "evaluated", checkpoints)
       preempted = guard.signum is not None and end < rounds
-      if preempted or _checkpoint_due(config, begin, end):
-        checkpoints.save(end, progress.state, {**run_meta, "comm": progress.comm.state_dict(),
+      if preempted or checkpoint_due(config, begin, end):
+        checkpoints.save(end, progress.state, {**meta, "comm": progress.comm.state_dict(),
                                                 "wall_seconds": wall, "record": record})
         checkpoint.self_signal_hook(end, "saving", checkpoints)
       bar.update(end - begin)
@@ -309,11 +317,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   main = is_main_process()  # multi-host: every process computes, only process 0 writes
   os.makedirs(workdir, exist_ok=True)
   if config.checkpoint.fresh and main:
-    checkpoint.discard_run(workdir, _OUTPUTS)
+    checkpoint.discard_run(workdir, OUTPUTS)
   checkpoints = checkpoint.RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                           async_save=config.checkpoint.async_save)
   try:
-    progress = _start_or_resume(exp, workdir, checkpoints)
+    progress = start_or_resume(exp, workdir, checkpoints)
     if main:
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))

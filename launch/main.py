@@ -23,17 +23,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _SEEDS.value:
-    if "{seed}" not in _WORKDIR.value:
-      raise app.UsageError(f"With --seeds, --workdir must contain {{seed}}, got {_WORKDIR.value!r}.")
-    seeds = [int(s) for s in _SEEDS.value]
-    train_and_evaluate_seeds(_CONFIG.value, seeds, [_WORKDIR.value.format(seed=s) for s in seeds])
-  else:
-    try:
+  if _SEEDS.value and "{seed}" not in _WORKDIR.value:
+    raise app.UsageError(f"With --seeds, --workdir must contain {{seed}}, got {_WORKDIR.value!r}.")
+  try:
+    if _SEEDS.value:
+      seeds = [int(s) for s in _SEEDS.value]
+      train_and_evaluate_seeds(_CONFIG.value, seeds, [_WORKDIR.value.format(seed=s) for s in seeds])
+    else:
       train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except Preempted as e:  # exit code 128 + signal number: 143 for SIGTERM, 130 for SIGINT
-      print(f"{e}\nResume: python -m launch.main {shlex.join(sys.argv[1:])}", file=sys.stderr)
-      sys.exit(e.exit_code)
+  except Preempted as e:  # exit code 128 + signal number: 143 for SIGTERM, 130 for SIGINT
+    print(f"{e}\nResume: python -m launch.main {shlex.join(sys.argv[1:])}", file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Batched seeds (dfl/batched.py): one vmapped program gives each seed the metrics of its own run."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -85,3 +86,42 @@ def test_mixing_shared_when_equal_and_stacked_per_seed_otherwise():
   mixing, per_seed = _mixing(drawn, range(0, 3), sparse=False)
   assert per_seed and mixing.W.shape == (2, 3, 4, 4)
   assert not np.array_equal(mixing.W[0], mixing.W[1])
+
+
+def _without_wall(records):
+  return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in records]
+
+
+def test_interrupted_batch_resumes_bit_for_bit_and_a_seed_can_resume_alone(tmp_path, capsys):
+  seeds = [0, 3]
+  config = tiny_config(train__rounds=6, checkpoint__every_rounds=2, checkpoint__async_save=False)
+  whole = [str(tmp_path / f"whole{s}") for s in seeds]
+  train_and_evaluate_seeds(config, seeds, whole)
+
+  # A batch that stopped after round 4 (its last checkpoint), then the same command again.
+  parts = [str(tmp_path / f"part{s}") for s in seeds]
+  config.train.rounds = 4
+  train_and_evaluate_seeds(config, seeds, parts)
+  assert sorted(os.listdir(os.path.join(parts[1], "checkpoints"))) == ["2", "4"]
+  config.train.rounds = 6
+  capsys.readouterr()
+  summaries = train_and_evaluate_seeds(config, seeds, parts)
+  assert "resuming from the checkpoint of round 4" in capsys.readouterr().err
+  for w, p in zip(whole, parts):
+    assert _without_wall(read(os.path.join(p, "metrics.jsonl"))) == \
+        _without_wall(read(os.path.join(w, "metrics.jsonl")))
+  assert summaries[1]["final_test_accuracy"] == read(os.path.join(whole[1], "metrics.jsonl"))[-1]["test_accuracy"]
+
+  # Each seed's checkpoint is its separate run's: seed 3 resumes alone from the batch's round 4.
+  alone = str(tmp_path / "alone3")
+  config.train.rounds = 4
+  train_and_evaluate_seeds(config, [0, 3], [str(tmp_path / "x0"), alone])
+  config.train.rounds, config.seed = 6, 3
+  train.train_and_evaluate(config, alone)
+  assert "resuming from the checkpoint of round 4" in capsys.readouterr().err
+  assert_same_metrics(read(os.path.join(alone, "metrics.jsonl")), read(os.path.join(whole[1], "metrics.jsonl")))
+
+  # Now seed 3 is at round 6 and seed 0 at round 4: they cannot continue as one batch.
+  config.seed = 0
+  with pytest.raises(ValueError, match=r"different rounds \[4, 6\]"):
+    train_and_evaluate_seeds(config, [0, 3], [str(tmp_path / "x0"), alone])
