@@ -1,4 +1,4 @@
-"""MoDeST vs D-PSGD vs FedAvg: accuracy per round and per byte, and MoDeST under churn.
+"""MoDeST vs D-PSGD, DFedAvg and FedAvg: accuracy per round and per byte, and MoDeST under churn.
 
 Reproduces, at CPU size, the two claims of de Vos et al., "MoDeST: Bridging the Gap between
 Federated and Decentralized Learning with Decentralized Sampling" (arXiv 2302.13837): MoDeST
@@ -9,8 +9,9 @@ nodes fail or new ones join.
         --results experiments/figures/modest
 
 Runs (non-IID MNIST and Fashion-MNIST, configs `experiments/configs/modest_{mnist,fmnist}.py`):
-MoDeST (s participants, a aggregators), FedAvg with the same s clients per round, and D-PSGD on
-`--dpsgd_topology`. Then MoDeST with 80% of the nodes failing at `--fail_round`, and with a
+MoDeST (s participants, a aggregators), FedAvg with the same s clients per round, and D-PSGD
+(one step per round) and DFedAvg (K local steps on every node) on `--dpsgd_topology`. Then
+MoDeST with 80% of the nodes failing at `--fail_round`, and with a
 quarter of the nodes joining at `--join_round`. Writes to --results: modest_comparison.{md,csv,png}
 and modest_churn.{csv,png}. A run whose workdir holds a summary for the same config is reused.
 Scale with --num_nodes, --rounds, --sample_size (defaults take about 15 minutes on 2 CPU cores).
@@ -32,8 +33,12 @@ from dfl.train import train_and_evaluate  # noqa: E402
 from experiments.configs import modest_fmnist, modest_mnist  # noqa: E402
 
 CONFIGS = {"mnist": modest_mnist, "fashion_mnist": modest_fmnist}
-LABELS = {"modest": "MoDeST", "fedavg": "FedAvg", "dpsgd": "D-PSGD"}
-COLORS = {"modest": "C0", "fedavg": "C1", "dpsgd": "C2"}
+LABELS = {"modest": "MoDeST", "fedavg": "FedAvg", "dpsgd": "D-PSGD", "dfedavg": "DFedAvg"}
+COLORS = {"modest": "C0", "fedavg": "C1", "dpsgd": "C2", "dfedavg": "C3"}
+# D-PSGD takes one SGD step per round; DFedAvg takes MoDeST's K local steps on every node,
+# then one gossip step on the same graph: the decentralized baseline with equal local work.
+ALGORITHMS = ("modest", "fedavg", "dpsgd", "dfedavg")
+GOSSIP = ("dpsgd", "dfedavg")
 
 
 def parse_args():
@@ -70,7 +75,7 @@ def make_config(args, dataset: str, algorithm: str, membership: str = ""):
   c.algorithm.aggregators = args.aggregators
   c.algorithm.client_fraction = args.sample_size / args.num_nodes
   c.algorithm.membership = membership
-  if algorithm == "dpsgd":
+  if algorithm in GOSSIP:
     c.topology.name = args.dpsgd_topology
     if args.dpsgd_degree > 0:
       c.topology.degree = args.dpsgd_degree
@@ -96,13 +101,13 @@ def first_reaching(records: list[dict], target: float):
 def comparison(args, targets: dict) -> None:
   rows, curves = [], {}
   for dataset in args.datasets:
-    for algorithm in ("modest", "fedavg", "dpsgd"):
+    for algorithm in ALGORITHMS:
       config = make_config(args, dataset, algorithm)
       records = run(config, os.path.join(args.workdir, dataset, algorithm))
       curves[dataset, algorithm] = records
       final, reached = records[-1], first_reaching(records, targets[dataset])
-      graph = {"dpsgd": config.topology.name, "fedavg": "server"}.get(
-          algorithm, f"sample s={args.sample_size}, a={args.aggregators}")
+      graph = {"dpsgd": config.topology.name, "dfedavg": config.topology.name,
+               "fedavg": "server"}.get(algorithm, f"sample s={args.sample_size}, a={args.aggregators}")
       rows.append({
           "dataset": dataset, "algorithm": LABELS[algorithm], "graph": graph,
           "final_accuracy": round(final["test_accuracy"], 4),
@@ -141,7 +146,7 @@ def plot_comparison(args, curves: dict, targets: dict) -> None:
   fig, axes = plt.subplots(len(args.datasets), 2, figsize=(11, 3.8 * len(args.datasets)),
                            squeeze=False)
   for row, dataset in zip(axes, args.datasets):
-    for algorithm in ("modest", "fedavg", "dpsgd"):
+    for algorithm in ALGORITHMS:
       records = curves[dataset, algorithm]
       acc = [r["test_accuracy"] for r in records]
       kw = dict(label=LABELS[algorithm], color=COLORS[algorithm])
@@ -156,8 +161,8 @@ def plot_comparison(args, curves: dict, targets: dict) -> None:
     row[1].set_xscale("log")
     row[0].legend()
   fig.suptitle(f"N={args.num_nodes} nodes, Dirichlet(0.3) labels; MoDeST s={args.sample_size}, "
-               f"a={args.aggregators}; FedAvg {args.sample_size} clients/round; D-PSGD on "
-               f"{args.dpsgd_topology}")
+               f"a={args.aggregators}; FedAvg {args.sample_size} clients/round; D-PSGD and "
+               f"DFedAvg on {args.dpsgd_topology}")
   fig.tight_layout()
   fig.savefig(os.path.join(args.results, "modest_comparison.png"), dpi=120)
 
