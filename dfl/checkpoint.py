@@ -49,6 +49,8 @@ CORRUPT_DIR = "checkpoints_corrupt"
 # in "." covers a section.
 RESUMABLE_CHANGES = ("train.rounds", "eval.every_rounds", "eval.batch_size", "data.dir",
                      "checkpoint.", "logging.", "mesh.", "train.execution", "model.conv")
+# Those of them that change how rounds are compiled or placed (a resume warns about last bits).
+RECOMPILING_CHANGES = ("eval.every_rounds", "mesh.", "train.execution", "model.conv")
 
 
 def _quiet_orbax(record) -> bool:

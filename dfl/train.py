@@ -169,7 +169,7 @@ def start_or_resume(exp: Experiment, workdir: str, checkpoints: checkpoint.RunCh
     where = f"the checkpoint of round {meta.get('round')} in {checkpoints.directory}"
     for line in checkpoint.check_resumable(meta["config"], now, what=where):
       print(f"resuming with a changed setting (allowed): {line}", file=sys.stderr, flush=True)
-      if line.startswith(("eval.every_rounds", "mesh.devices", "mesh.num_processes")):
+      if line.startswith(checkpoint.RECOMPILING_CHANGES):
         print("  rounds are now compiled or placed differently, so the result may differ in the "
               "last bits from an uninterrupted run.", file=sys.stderr, flush=True)
     if (meta.get("jax"), meta.get("backend")) != (jax.__version__, jax.default_backend()):
