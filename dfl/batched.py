@@ -27,12 +27,12 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from dfl import checkpoint
 from dfl.algorithms.base import RoundInputs
 from dfl.local import NodeData
 from dfl.metric_writers import make_metric_writer
+from dfl.progress import progress_bar
 from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
 from dfl.train import (OUTPUTS, _before_merge, checkpoint_due, chunk_end, evaluation_record,
                        make_summary, run_meta, start_or_resume)
@@ -183,8 +183,8 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
     if done == 0:
       record(state.params, 0, None, 0.0)
     with checkpoint.PreemptionGuard() as guard, \
-        tqdm(total=rounds, initial=done, unit="round", dynamic_ncols=True,
-             desc=f"{config.algorithm.name}/{config.topology.name} x{len(exps)} seeds") as bar:
+        progress_bar(total=rounds, initial=done,
+                     desc=f"{config.algorithm.name}/{config.topology.name} x{len(exps)} seeds") as bar:
       while done < rounds:
         begin = done
         length = chunk_end(exp0, begin) - begin  # the chunks of a separate run

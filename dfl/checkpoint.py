@@ -40,6 +40,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from dfl.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 
@@ -61,7 +63,7 @@ def _quiet_orbax(record) -> bool:
 logging.get_absl_handler().addFilter(_quiet_orbax)
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UserError):
   """The workdir holds a run whose config differs in fields that matter."""
 
 

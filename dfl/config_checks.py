@@ -2,10 +2,13 @@
 field, its value and what would be valid."""
 from __future__ import annotations
 
+import math
+
 import topologies
 from dfl import execution, variance_correction
 from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
 from dfl.data import DATASETS
+from dfl.errors import UserError
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
 from dfl.layers import CONV_IMPLS
@@ -14,7 +17,16 @@ from dfl.models import MODELS
 
 def _require(ok: bool, message: str):
   if not ok:
-    raise ValueError(message)
+    raise UserError(message)
+
+
+def _finite_numbers(config, prefix: str = "") -> None:
+  """No config number is inf or nan (`lr=inf` would pass `lr > 0`)."""
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      _finite_numbers(value, f"{prefix}{key}.")
+    elif isinstance(value, float):
+      _require(math.isfinite(value), f"{prefix}{key} must be a finite number, got {value}.")
 
 
 def _one_of(field: str, value, valid):
@@ -22,6 +34,7 @@ def _one_of(field: str, value, valid):
 
 
 def validate_config(config) -> None:
+  _finite_numbers(config)
   _require(isinstance(config.num_nodes, int) and config.num_nodes >= 2,
            f"num_nodes must be an integer >= 2, got {config.num_nodes!r}.")
   _one_of("data.name", config.data.name, DATASETS)

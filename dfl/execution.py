@@ -169,7 +169,8 @@ def node_map(fn: Callable, in_axes=0, *, strategy: str | None = None) -> Callabl
                                      jax.default_backend(), n, _node_floats(mapped_one))
       name = getattr(fn, "__qualname__", repr(fn))
       if chosen.get(name, (None,))[0] != choice:
-        logging.info("dfl.execution: %s over %d nodes -> %s (%s)", name, n, choice, reason)
+        # Debug level: the choice is an implementation detail (`-v 1` shows it).
+        logging.debug("dfl.execution: %s over %d nodes -> %s (%s)", name, n, choice, reason)
       chosen[name] = (choice, reason)
 
     def call(node_leaves_G, vectorised: bool):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import topologies
 from dfl.algorithms import Algorithm, BuildContext, build_algorithm
@@ -20,6 +22,7 @@ from dfl.config_checks import validate_config
 from dfl.data import Dataset, load_dataset
 from dfl.data.partition import pack_shards, partition
 from dfl.engine import make_chunk_runner
+from dfl.errors import UserError, user_input
 from dfl.evaluation import make_evaluator
 from dfl.local import NodeData
 from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
@@ -83,32 +86,53 @@ def mixing_operator(topology: topologies.Topology, round_index: int, sparse: boo
   return DenseMixing(jnp.asarray(topology.matrix(round_index), jnp.float32))
 
 
+def check_fits_data(config, num_train: int) -> None:
+  """Impossible sizes fail before anything grows with them (a partition of 10^7 nodes)."""
+  if config.num_nodes > num_train:
+    raise UserError(f"num_nodes={config.num_nodes} exceeds the {num_train} training samples of "
+                    f"data.name={config.data.name!r}: every node needs at least one sample.")
+
+
+def warn_batch_exceeds_shards(batch_size: int, sizes) -> None:
+  sizes = np.asarray(sizes)
+  if batch_size > sizes.max():
+    print(f"warning: algorithm.batch_size={batch_size} is larger than every node's shard "
+          f"({sizes.min()}-{sizes.max()} samples): each local step uses a node's whole shard.",
+          file=sys.stderr, flush=True)
+
+
 def build_experiment(config) -> Experiment:
   validate_config(config)
   n = config.num_nodes
   placement = make_placement(config.mesh, n)  # before any other JAX work (multi-host init)
-  dataset = load_dataset(config.data.name, config.data.dir or None)
-  shards = partition(dataset.y_train, n, config.data.partition, alpha=config.data.alpha,
-                     classes_per_node=config.data.classes_per_node,
-                     seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
+  with user_input():  # what fails here is the named data, not the code
+    dataset = load_dataset(config.data.name, config.data.dir or None)
+  check_fits_data(config, len(dataset.y_train))  # before the partition, which grows with N
+  with user_input(ValueError):
+    shards = partition(dataset.y_train, n, config.data.partition, alpha=config.data.alpha,
+                       classes_per_node=config.data.classes_per_node,
+                       seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
   indices, sizes = pack_shards(shards)
+  warn_batch_exceeds_shards(config.algorithm.batch_size, sizes)
   data = placement.node_data(dataset.x_train, dataset.y_train, indices, sizes)
+  options = topology_options(config.topology)
+  if options.get("num_rounds") is None:  # schedules place their dense rounds at the run's end
+    options["num_rounds"] = config.train.rounds
+  with user_input(ValueError):  # topologies validates its options with ValueErrors
+    topology = topologies.make(config.topology.name, n, weights=config.topology.weights,
+                               seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
+                               **options)
   model = make_model(config.model.name, dataset.num_classes, hidden=config.model.hidden,
                      conv=config.model.conv)
   root = jax.random.key(config.seed)
   init_params = placement.build(
       lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),
       jax.random.fold_in(root, _INIT_STREAM))
-  options = topology_options(config.topology)
-  if options.get("num_rounds") is None:  # schedules place their dense rounds at the run's end
-    options["num_rounds"] = config.train.rounds
-  topology = topologies.make(config.topology.name, n, weights=config.topology.weights,
-                             seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
-                             **options)
   loss_fn = cross_entropy_loss(model)
-  algorithm = build_algorithm(config.algorithm, BuildContext(
-      loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
-      seed=_seed(None, config.seed, _MEMBERSHIP_STREAM)))
+  with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
+    algorithm = build_algorithm(config.algorithm, BuildContext(
+        loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
+        seed=_seed(None, config.seed, _MEMBERSHIP_STREAM)))
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
 from dfl import checkpoint
 from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
 from dfl.metric_writers import TENSORBOARD_SUBDIR, MultiWriter, make_metric_writer
+from dfl.progress import progress_bar
 from dfl.sharding import is_main_process
 
 class CommCounter:
@@ -275,8 +275,8 @@ def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
   with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard, mode="a",
                           resume_round=progress.round) if main
         else MultiWriter([])) as writer, \
-      tqdm(total=rounds, initial=progress.round, unit="round", dynamic_ncols=True,
-           desc=f"{config.algorithm.name}/{config.topology.name}", disable=not main) as bar:
+      progress_bar(total=rounds, initial=progress.round,
+                   desc=f"{config.algorithm.name}/{config.topology.name}", disable=not main) as bar:
     if progress.round == 0:
       writer.write(progress.records[0])
     while progress.round < rounds:

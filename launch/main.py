@@ -2,32 +2,56 @@
 
 With --seeds=0,1,2 the seeds run together in one compiled program (dfl/batched.py), each into
 its own workdir: --workdir must then contain '{seed}', e.g. --workdir='runs/x/seed={seed}'.
+--print_config lists every config field with its value and comment, and runs nothing.
+User errors print one line and exit with status 2 (--debug shows the traceback); a run stopped
+by SIGTERM / SIGINT exits with 143 / 130 after saving a checkpoint.
 """
+import importlib
 import shlex
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from dfl.batched import train_and_evaluate_seeds
 from dfl.checkpoint import Preempted
+from dfl.errors import UserError
 from dfl.train import train_and_evaluate
+from launch import cli, fields
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints.")
 _SEEDS = flags.DEFINE_list("seeds", None, "Seeds to run batched in one program (overrides "
                            "config.seed); --workdir must contain {seed}.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config field with its value, "
+                                  "default and comment, then exit.")
+flags.mark_flag_as_required("config")
+
+
+def _config_module():
+  path = flags.FLAGS["config"].config_filename.partition(":")[0]
+  try:
+    return importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  except ImportError:  # a config outside the repository: comments from default.py only
+    return None
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
+  if _PRINT_CONFIG.value:
+    print(fields.describe(_CONFIG.value, _config_module()))
+    return
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required: the directory for the run's outputs and checkpoints.")
   if _SEEDS.value and "{seed}" not in _WORKDIR.value:
-    raise app.UsageError(f"With --seeds, --workdir must contain {{seed}}, got {_WORKDIR.value!r}.")
+    raise UserError(f"With --seeds, --workdir must contain {{seed}}, got {_WORKDIR.value!r}.")
   try:
     if _SEEDS.value:
-      seeds = [int(s) for s in _SEEDS.value]
+      try:
+        seeds = [int(s) for s in _SEEDS.value]
+      except ValueError:
+        raise UserError(f"--seeds must be integers, got {','.join(_SEEDS.value)!r}.") from None
       train_and_evaluate_seeds(_CONFIG.value, seeds, [_WORKDIR.value.format(seed=s) for s in seeds])
     else:
       train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -37,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

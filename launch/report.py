@@ -21,7 +21,10 @@ import os
 from typing import Any, Optional
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from dfl.errors import UserError
+from launch import cli
 
 _TARGET = flags.DEFINE_float("target", None, "Accuracy to reach for the rounds-to-target column.")
 _METRIC = flags.DEFINE_string("metric", "test_accuracy",
@@ -200,7 +203,7 @@ def make_report(root: str, *, target: Optional[float] = None, metric: str = "tes
   runs = load_runs(root)
   finished = [r for r in runs if r.summary is not None or include_unfinished]
   if not finished:
-    raise ValueError(f"No {'' if include_unfinished else 'finished '}runs under {root!r} "
+    raise UserError(f"No {'' if include_unfinished else 'finished '}runs under {root!r} "
                      "(a run is a directory with config.json and metrics.jsonl"
                      f"{'' if include_unfinished else ' and summary.json'}).")
   settings = group_settings(finished)
@@ -220,7 +223,7 @@ def make_report(root: str, *, target: Optional[float] = None, metric: str = "tes
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("Usage: python -m launch.report DIR [--target=0.8] [--metric=...]")
+    raise UserError("Usage: python -m launch.report DIR [--target=0.8] [--metric=...]")
   markdown, _ = make_report(argv[1], target=_TARGET.value, metric=_METRIC.value, out=_OUT.value,
                             include_unfinished=_UNFINISHED.value)
   print(markdown)
@@ -229,4 +232,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -34,7 +34,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import sweep_spec
+from dfl.config_checks import validate_config
+from dfl.errors import UserError
+from launch import cli, sweep_spec
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _ROOT = flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
@@ -115,6 +117,7 @@ def plan_runs(config, config_arg: str, root: str, base_flags: list[str], sweep_f
   fixed = [t.split("=", 1)[0].lstrip("-").removeprefix("no").removeprefix("config.")
            for t in base_flags if t.lstrip("-").removeprefix("no").startswith("config.")]
   sweep_spec.check_axes(axes, config, fixed)
+  sweep_spec.check_runs(config, sweep_spec.expand(axes), validate_config)  # before any starts
   runs = []
   for overrides in sweep_spec.expand(axes):
     workdir = run_workdir(root, overrides)
@@ -296,9 +299,9 @@ def summarize(outcomes: list[Outcome], skipped: int, report=print) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   if _PARALLEL.value < 1:
-    raise app.UsageError(f"--parallel must be >= 1, got {_PARALLEL.value}.")
+    raise UserError(f"--parallel must be >= 1, got {_PARALLEL.value}.")
   root = _ROOT.value
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   base_flags = config_override_tokens(sys.argv[1:])
@@ -310,7 +313,7 @@ def main(argv):
     if _BATCH_SEEDS.value:
       runs, pending = batch_seeds(runs), batch_seeds(pending)
   except ValueError as e:  # a bad sweep: say what is wrong, no traceback
-    sys.exit(f"launch.sweep: {e}")
+    raise UserError(f"launch.sweep: {e}") from None
   cache = os.path.join(root, CACHE_DIR) if _SHARE_CACHE.value else None
   if _EMIT.value == "commands":
     print("\n".join(shlex.join(r.command) for r in pending))
@@ -347,4 +350,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

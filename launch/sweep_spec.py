@@ -15,10 +15,12 @@ An experiment config may define its own sweep next to get_config():
 """
 from __future__ import annotations
 
+import ast
+import copy
 import hashlib
 import itertools
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ml_collections import config_dict
 
@@ -123,6 +125,56 @@ def check_axes(axes: list[Axis], config: config_dict.ConfigDict, fixed: Iterable
       if field in seen:
         raise ValueError(f"Field {field!r} is set twice (two axes, or an axis and --config.{field}).")
       seen.add(field)
+
+
+def parse_value(text: str, kind: type):
+  """A command-line value as launch.main's --config.FIELD=TEXT would parse it for a field of
+  type `kind` (bool, int, float, str or tuple)."""
+  if kind is bool:
+    if text.lower() in ("true", "1"):
+      return True
+    if text.lower() in ("false", "0"):
+      return False
+    raise ValueError(f"expected true or false, got {text!r}")
+  if kind in (int, float):
+    return kind(text)
+  if kind in (tuple, list):
+    value = ast.literal_eval(text)
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  return text
+
+
+def with_overrides(config: config_dict.ConfigDict, overrides: Overrides) -> config_dict.ConfigDict:
+  """A copy of `config` with a run's overrides applied, typed as the fields are."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for field, text in overrides:
+      *path, leaf = field.split(".")
+      node = config
+      for part in path:
+        node = node[part]
+      try:
+        node[leaf] = parse_value(text, node.get_type(leaf))
+      except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(f"{field}={text!r}: {e}") from None
+  return config
+
+
+def check_runs(config: config_dict.ConfigDict, runs: Sequence[Overrides],
+               validate: Callable[[config_dict.ConfigDict], None]) -> None:
+  """Validates every run's config before any run starts; raises one error listing each bad
+  value with the runs it appears in."""
+  problems: dict[str, list[str]] = {}
+  for overrides in runs:
+    try:
+      validate(with_overrides(config, overrides))
+    except ValueError as e:
+      problems.setdefault(str(e), []).append(run_name(overrides))
+  if problems:
+    lines = [f"{message} (in {len(names)} run(s), e.g. {names[0]})"
+             for message, names in problems.items()]
+    raise ValueError(f"{len(problems)} problem(s) in the sweep's values, nothing was started:\n  "
+                     + "\n  ".join(lines))
 
 
 def expand(axes: list[Axis]) -> list[Overrides]:

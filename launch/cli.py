@@ -1,0 +1,134 @@
+"""What every command-line entry point shares: flag parsing and the reporting of user errors.
+
+A user error (a `dfl.errors.UserError`, a flag absl cannot parse, a misspelt config field)
+prints one line, `error: <message>`, on stderr and exits with status 2. `--debug` (or the
+environment variable DFL_DEBUG=1) shows the full traceback instead. Any other exception is a
+bug and keeps its traceback.
+
+    from launch import cli
+    if __name__ == "__main__":
+      cli.run(main)
+"""
+from __future__ import annotations
+
+import difflib
+import errno
+import importlib.util
+import logging
+import os
+import re
+import sys
+from typing import Callable, NoReturn, Optional
+
+from absl import app, flags
+
+from dfl.errors import UserError
+
+USER_ERROR_EXIT = 2
+# OSErrors that say the workdir or the disk cannot be written: the user's to fix, not a bug.
+_WORKDIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                   errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of user errors "
+                           "(also: DFL_DEBUG=1).")
+
+
+def debugging() -> bool:
+  return bool(os.environ.get("DFL_DEBUG")) or ("--debug" in sys.argv)
+
+
+def fail(message: str) -> NoReturn:
+  """Prints a user error as one line and exits with status 2."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(USER_ERROR_EXIT)
+
+
+def _load_config_file(config_arg: str):
+  """The ConfigDict that `--config=path.py[:arg]` names, or None if it cannot be built."""
+  path, _, arg = config_arg.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_cli_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # the flag parser reports a bad config file itself
+    return None
+
+
+def _override_fields(argv: list[str]) -> list[str]:
+  """The dotted fields of the --config.FIELD overrides, in the order typed."""
+  fields = []
+  for arg in argv:
+    m = re.match(r"^--?(?:no)?config\.([^=\s]+)", arg)
+    if m:
+      fields.append(m.group(1))
+  return fields
+
+
+def _config_arg(argv: list[str]) -> Optional[str]:
+  for i, arg in enumerate(argv):
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1]
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def unknown_field_message(config, field: str) -> Optional[str]:
+  """'Unknown field a.b; did you mean a.c?' if `field` is not in `config`, else None."""
+  node, parts = config, field.split(".")
+  for depth, part in enumerate(parts):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      prefix = ".".join(parts[:depth])
+      close = difflib.get_close_matches(part, keys, n=1)
+      if close:
+        meant = ".".join(parts[:depth] + close + parts[depth + 1:])
+        return f"Unknown field {field}; did you mean {meant}?"
+      if not keys:
+        return f"Unknown field {field}: {prefix} is a value, not a section."
+      return (f"Unknown field {field}; the fields of {prefix or 'the config'} are: "
+              f"{', '.join(sorted(keys))}.")
+    node = node[part]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with its errors (and a misspelt --config.FIELD) as one line each."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a missing field
+    config_arg = _config_arg(argv)
+    config = _load_config_file(config_arg) if config_arg else None
+    if config is not None:
+      for field in _override_fields(argv):
+        message = unknown_field_message(config, field)
+        if message:
+          fail(message)
+    if debugging():
+      raise
+    fail(f"a --config override could not be applied ({type(e).__name__}: {e}).")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """app.run(main) with one-line user errors (see the module docstring)."""
+
+  def guarded_main(argv):
+    try:
+      main(argv)
+    except UserError as e:
+      if debugging():
+        raise
+      fail(str(e))
+    except OSError as e:
+      if e.errno not in _WORKDIR_ERRNOS or debugging():
+        raise
+      where = f": {e.filename}" if e.filename else ""
+      fail(f"cannot write{where} ({e.strerror or e}); finished rounds and checkpoints already "
+           "written are kept.")
+
+  # jax logs at INFO that it found no TPU on every start: noise for a user.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  app.run(guarded_main, flags_parser=parse_flags)
