@@ -7,9 +7,12 @@ summary.json are unfinished and left out unless --include_unfinished). Runs whos
 only in `seed` (and in fields that do not change results: logging, checkpointing, data.dir)
 form one setting; the table's first columns are the config fields that vary between settings.
 Per setting: final and best accuracy, rounds to reach --target, total communication, wall time,
-each as mean ± sample std (ddof=1) over seeds. Printed as Markdown; written to OUT/report.md,
-OUT/report.csv and OUT/report.png (accuracy vs rounds and vs bytes sent, one line per setting,
-a band of ± one std over seeds).
+each as mean ± sample std (ddof=1) over seeds. Printed as Markdown; written to
+OUT/report_<metric>.md, .csv and .png (accuracy vs rounds and vs bytes sent, one line per
+setting, a band of ± one std over seeds), so reports of different metrics sit side by side.
+A sweep's run that failed before writing config.json (a workdir with only run.log) is listed
+under the table with its log; the fields that define settings are those that vary over every run
+of the directory, failed and unfinished ones included, so a column stays when one setting is left.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shlex
 from typing import Any, Optional
 
 import numpy as np
@@ -81,14 +86,43 @@ def load_runs(root: str) -> list[RunResult]:
   return runs
 
 
+@dataclasses.dataclass
+class FailedStart:
+  """A sweep's workdir with a run.log but no config.json: the run failed before it started."""
+  workdir: str
+  overrides: dict[str, str]  # the --config.FIELD=VALUE flags of its last command
+
+
+def load_failed_starts(root: str) -> list[FailedStart]:
+  failed = []
+  for dirpath, dirnames, filenames in sorted(os.walk(root)):
+    dirnames.sort()
+    if "run.log" not in filenames or any("config.json" in names for _, _, names in os.walk(dirpath)):
+      continue  # (a batched-seeds process logs in the setting's folder, its seeds below it)
+    with open(os.path.join(dirpath, "run.log"), errors="replace") as f:
+      commands = [line[4:] for line in f if line.startswith("=== ")]  # see launch/sweep.py
+    overrides = {}
+    if commands:
+      for token in shlex.split(commands[-1])[2:]:  # after the date and time
+        m = re.match(r"^--config\.([^=]+)=(.*)$", token)
+        if m:
+          overrides[m.group(1)] = m.group(2)
+    failed.append(FailedStart(dirpath, overrides))
+  return failed
+
+
 def _defines_setting(field: str) -> bool:
   return not any(field == p or (p.endswith(".") and field.startswith(p)) for p in NOT_A_SETTING)
 
 
-def group_settings(runs: list[RunResult]) -> list[Setting]:
-  """Groups runs that differ only in seed; settings are labelled by the fields that vary."""
+def group_settings(runs: list[RunResult], others: tuple[RunResult, ...] = (),
+                   also_varying: tuple[str, ...] = ()) -> list[Setting]:
+  """Groups runs that differ only in seed; settings are labelled by the fields that vary over
+  `runs` and `others` (runs left out of the table), plus `also_varying`."""
   fields = sorted({f for r in runs for f in r.config if _defines_setting(f)})
-  varying = [f for f in fields if len({repr(r.config.get(f)) for r in runs}) > 1]
+  every = [*runs, *others]
+  varying = [f for f in fields if len({repr(r.config.get(f)) for r in every}) > 1
+             or f in also_varying]
   groups: dict[str, Setting] = {}
   for run in runs:
     key = repr([run.config.get(f) for f in fields])
@@ -201,24 +235,37 @@ def make_report(root: str, *, target: Optional[float] = None, metric: str = "tes
                 out: Optional[str] = None, include_unfinished: bool = False) -> tuple[str, list[dict]]:
   """Writes report.{md,csv,png} under `out` (default `root`); returns (markdown, rows)."""
   runs = load_runs(root)
+  failed = load_failed_starts(root)
   finished = [r for r in runs if r.summary is not None or include_unfinished]
   if not finished:
     raise UserError(f"No {'' if include_unfinished else 'finished '}runs under {root!r} "
                      "(a run is a directory with config.json and metrics.jsonl"
                      f"{'' if include_unfinished else ' and summary.json'}).")
-  settings = group_settings(finished)
+  swept_in_failed = tuple(f for x in failed for f in x.overrides if _defines_setting(f))
+  settings = group_settings(finished, tuple(runs), swept_in_failed)
   rows = [setting_row(s, metric, target) for s in settings]
   fields = list(settings[0].fields)
   markdown = markdown_table(rows, fields, metric, target)
   if len(finished) < len(runs):
     markdown += f"\n\n{len(runs) - len(finished)} unfinished run(s) left out."
+  if failed:
+    markdown += f"\n\n{len(failed)} run(s) failed before writing config.json, left out:"
+    for x in failed:
+      label = ", ".join(f"{k}={v}" for k, v in x.overrides.items()) or os.path.relpath(x.workdir, root)
+      markdown += f"\n- {label} (log: {os.path.join(x.workdir, 'run.log')})"
   out = out or root
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "report.md"), "w") as f:
+  base = os.path.join(out, report_name(metric))
+  with open(base + ".md", "w") as f:
     f.write(markdown + "\n")
-  write_csv(rows, os.path.join(out, "report.csv"))
-  plot(settings, metric, os.path.join(out, "report.png"))
+  write_csv(rows, base + ".csv")
+  plot(settings, metric, base + ".png")
   return markdown, rows
+
+
+def report_name(metric: str) -> str:
+  """report_<metric>: reports of different metrics do not overwrite each other."""
+  return f"report_{metric}"
 
 
 def main(argv):
@@ -227,8 +274,8 @@ def main(argv):
   markdown, _ = make_report(argv[1], target=_TARGET.value, metric=_METRIC.value, out=_OUT.value,
                             include_unfinished=_UNFINISHED.value)
   print(markdown)
-  out = _OUT.value or argv[1]
-  print(f"\nWrote {out}/report.md, report.csv, report.png")
+  base = os.path.join(_OUT.value or argv[1], report_name(_METRIC.value))
+  print(f"\nWrote {base}.md, .csv and .png")
 
 
 if __name__ == "__main__":

@@ -221,7 +221,8 @@ class Executor:
       with self._lock:
         self._procs.discard(proc)
     seconds = time.perf_counter() - start
-    if returncode == 0 and is_finished(run):
+    # A run stopped after writing its summary (a late Ctrl-C) is finished, not interrupted.
+    if is_finished(run) and (returncode == 0 or self.stopping.is_set()):
       return Outcome(run, "done", seconds, returncode)
     if self.stopping.is_set():  # stopped by us; exit 143 after its checkpoint
       return Outcome(run, "interrupted", seconds, returncode)

@@ -2,7 +2,7 @@
 
     python -m launch.main --config experiments/configs/default.py --workdir /tmp/dfl_default
 
-Expect about 0.9 test accuracy of the node-averaged model after 200 rounds, in about a minute on
+Expect about 0.95 test accuracy of the node-averaged model after 200 rounds, in 5-20 s on
 2 CPU cores. Every field can be overridden from the command line, e.g.
 `--config.topology.name=complete --config.num_nodes=32 --config.algorithm.name=dpsgd`.
 """

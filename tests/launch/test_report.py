@@ -51,11 +51,11 @@ def test_one_row_per_setting_with_stats_over_seeds(runs_dir):
   assert ring["wall_seconds_mean"] == pytest.approx(2.5)
   assert "| ring | 2 | 0.7000 ± 0.1414 | 0.7500 ± 0.0707 | 15.0 (1/2 seeds) |" in markdown
   assert "1 unfinished run(s) left out" in markdown
-  with open(root / "report.csv") as f:
+  with open(root / "report_test_accuracy.csv") as f:
     table = list(csv.DictReader(f))
   assert [r["topology.name"] for r in table] == ["complete", "ring"]
   assert float(table[1]["final_mean"]) == pytest.approx(0.7)
-  assert (root / "report.png").stat().st_size > 10_000
+  assert (root / "report_test_accuracy.png").stat().st_size > 10_000
 
 
 def test_unfinished_runs_included_on_request_and_target_optional(runs_dir):
@@ -64,7 +64,7 @@ def test_unfinished_runs_included_on_request_and_target_optional(runs_dir):
   assert [r["topology.name"] for r in rows] == ["complete", "ring", "torus"]
   assert rows[2]["final_mean"] == pytest.approx(0.2) and rows[2]["seeds"] == 1
   assert "rounds to" not in markdown and "rounds_to_target_mean" not in rows[0]
-  assert (root / "out" / "report.csv").exists()
+  assert (root / "out" / "report_test_accuracy.csv").exists()
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
@@ -74,3 +74,40 @@ def test_no_runs_is_a_clear_error(tmp_path):
       report.Setting({}, [report.RunResult("x", {}, [{"round": 0, "test_accuracy": 0.1,
                                                       "comm_bytes": 0, "wall_seconds": 0}], None)]),
       "test_accuracy", 0.5)["rounds_to_target_mean"])
+
+
+def test_failed_starts_are_listed_and_keep_the_swept_column(tmp_path):
+  # One setting finished; the other failed before writing config.json (only its run.log).
+  write_run(tmp_path / "topology.name=ring", config("ring", 0), [0.1, 0.6], 10, 1.0)
+  failed = tmp_path / "topology.name=torus"
+  failed.mkdir()
+  (failed / "run.log").write_text(
+      "\n=== 2026-12-01 10:00:00 python -m launch.main --config=c.py --workdir=x "
+      "--config.topology.name=torus\nerror: something\n")
+  markdown, rows = report.make_report(str(tmp_path))
+  assert rows[0]["topology.name"] == "ring"  # the swept column survives with one setting
+  assert "| topology.name |" in markdown
+  assert "1 run(s) failed before writing config.json, left out:" in markdown
+  assert f"- topology.name=torus (log: {failed / 'run.log'})" in markdown
+
+
+def test_batched_seed_logs_are_not_failed_starts(tmp_path):
+  setting = tmp_path / "topology.name=ring"
+  write_run(setting / "seed=0", config("ring", 0), [0.1, 0.6], 10, 1.0)
+  (setting / "run.log").write_text("\n=== 2026-12-01 10:00:00 python -m launch.main --seeds=0\n")
+  markdown, _ = report.make_report(str(tmp_path))
+  assert "failed before" not in markdown
+
+
+def test_reports_of_different_metrics_do_not_overwrite_each_other(runs_dir):
+  root, _ = runs_dir
+  report.make_report(str(root))
+  for path in (root / "metrics_copy").parent.glob("*__seed=*/metrics.jsonl"):
+    lines = [json.loads(l) for l in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "test_accuracy_local_mean": r["test_accuracy"] / 2})
+                            + "\n" for r in lines))
+  report.make_report(str(root), metric="test_accuracy_local_mean")
+  assert (root / "report_test_accuracy.md").read_text() != (
+      root / "report_test_accuracy_local_mean.md").read_text()
+  assert "final test_accuracy_local_mean" in (root / "report_test_accuracy_local_mean.md").read_text()
+  assert "final test_accuracy |" in (root / "report_test_accuracy.md").read_text()

@@ -64,18 +64,28 @@ def test_sweep_runs_skips_finished_and_report_matches_metrics(tmp_path):
     reached = [next((x["round"] for x in r if x["test_accuracy"] >= 0.15), None) for r in records]
     reached = [t for t in reached if t is not None]
     assert row["reached_target"] == len(reached)
-  assert (tmp_path / "report.png").exists() and (tmp_path / "report.csv").exists()
+  assert (tmp_path / "report_test_accuracy.png").exists() and (tmp_path / "report_test_accuracy.csv").exists()
 
 
 def test_a_failing_run_is_reported_and_the_others_complete(tmp_path):
-  result = sweep(tmp_path, "--sweep=topology.name=nosuchgraph,ring")
+  # Valid values, but one run's data is missing: it fails when it starts, the other completes.
+  result = sweep(tmp_path / "root", "--sweep=data.name=mnist,digits",
+                 f"--config.data.dir={tmp_path / 'no_data'}")
+  root = tmp_path / "root"
   assert result.returncode == 1
   assert "1 done, 0 already finished (skipped), 1 failed" in result.stdout
-  assert "FAILED topology.name=nosuchgraph" in result.stdout
-  assert "Unknown topology.name='nosuchgraph'" in result.stdout  # the run's own error, from its log
-  assert (tmp_path / "topology.name=ring" / "summary.json").exists()
-  assert not (tmp_path / "topology.name=nosuchgraph" / "summary.json").exists()
-  assert "Unknown topology.name" in (tmp_path / "topology.name=nosuchgraph" / "run.log").read_text()
+  assert "FAILED data.name=mnist" in result.stdout
+  assert "does not exist" in result.stdout  # the run's own error, from its log
+  assert (root / "data.name=digits" / "summary.json").exists()
+  assert not (root / "data.name=mnist" / "summary.json").exists()
+  assert "error: Data directory" in (root / "data.name=mnist" / "run.log").read_text()
+
+
+def test_a_bad_value_stops_the_sweep_before_any_run(tmp_path):
+  result = sweep(tmp_path, "--sweep=topology.name=nosuchgraph,ring")
+  assert result.returncode == 2
+  assert "Unknown topology.name='nosuchgraph'" in result.stderr
+  assert not (tmp_path / "topology.name=ring").exists()
 
 
 def test_batched_seeds_sweep_runs_each_setting_in_one_process(tmp_path):
@@ -116,3 +126,23 @@ def test_sigterm_stops_the_runs_reports_them_interrupted_and_they_resume(tmp_pat
     assert os.listdir(tmp_path / "base" / f"seed={seed}" / "checkpoints"), seed
   pending = subprocess.run(cmd + ["--emit=commands"], cwd=REPO, capture_output=True, text=True)
   assert pending.returncode == 0 and len(pending.stdout.strip().splitlines()) == 3
+
+
+def test_a_run_stopped_after_its_summary_is_done_not_interrupted(tmp_path):
+  """A late Ctrl-C: the run had written summary.json when the sweep's SIGTERM reached it."""
+  import threading
+  from launch import sweep
+  workdir = tmp_path / "run"
+  script = (f"import json, time; open({str(workdir / 'summary.json')!r}, 'w').write('{{}}'); "
+            "time.sleep(30)")
+  run = sweep.Run("run", str(workdir), (sys.executable, "-c", script), (str(workdir),))
+  executor = sweep.Executor(parallel=1)
+
+  def stop_once_finished():
+    while not (workdir / "summary.json").exists():
+      threading.Event().wait(0.05)
+    executor.stop()
+  threading.Thread(target=stop_once_finished, daemon=True).start()
+  outcome = executor.run_one(run)
+  assert outcome.returncode != 0  # it was killed ...
+  assert outcome.status == "done"  # ... but had finished
