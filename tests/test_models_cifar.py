@@ -88,3 +88,23 @@ def test_forward_backward_on_two_images(name):
   assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) > 0.9 * len(norms)
   # Per-sample normalisation: one image's logits do not depend on the other in its batch.
   np.testing.assert_allclose(np.asarray(alone), np.asarray(together), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["dfedsam_cifar10", "dfedsam_cifar100"])
+def test_dfedsam_configs_load_and_validate(module):
+  import importlib
+  from dfl.config_checks import validate_config
+  get_config = importlib.import_module(f"experiments.configs.{module}").get_config
+  for arg in ("dir0.3", "dir0.6", "path2"):
+    for algorithm in ("dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "fedavg", "fedsam"):
+      c = get_config(arg)
+      c.algorithm.name = algorithm
+      validate_config(c)
+  c = get_config()
+  # da-dpfl fedml_dfedsam/*.sh: --cs random --frac 0.1 (10 of 100 per round), --rho 0.01,
+  # --lr 0.1 --lr_decay 0.998 --epochs 5 --batch_size 128 --comm_round 500.
+  assert (c.num_nodes, c.topology.name, c.topology.degree, c.topology.directed) == (
+      100, "random_neighbors", 10, True)
+  assert (c.algorithm.rho, c.algorithm.lr, c.algorithm.lr_decay) == (0.01, 0.1, 0.998)
+  assert (c.algorithm.local_epochs, c.algorithm.batch_size, c.train.rounds) == (5, 128, 500)
+  assert c.algorithm.client_fraction == 0.1

@@ -345,6 +345,24 @@ def test_new_options_are_checked():
     vcm(W3, X3, eps_mode="additive", eps=0.0)
 
 
+def test_vca_mnist_config_uses_dfl_torch_formula_and_lenet5():
+  from dfl.variance_correction import build_mixer
+  from experiments.configs import vca_mnist
+  c = vca_mnist.get_config()
+  c.variance_correction.enabled = True
+  validate_config(c)
+  assert c.model.name == "lenet5" and c.algorithm.batch_size == 64
+  assert (c.algorithm.lr, c.algorithm.momentum, c.algorithm.weight_decay) == (0.01, 0.9, 1e-4)
+  assert c.algorithm.local_steps == 1 and c.algorithm.self_weight == 0.5
+  mixer = build_mixer(c.variance_correction)
+  params = layered_models(3, 4)
+  out = per_node(mixer(DenseMixing(jnp.asarray(W3)), jax.tree.map(jnp.asarray, params)), 3)
+  want = dfl_torch_reference(W3, per_node(params, 3))
+  for i in range(3):
+    for name in want[i]:
+      np.testing.assert_allclose(out[i][name], want[i][name], rtol=2e-5, atol=1e-6, err_msg=name)
+
+
 def test_layer_variances_names_leaves():
   v = layer_variances({"Dense_0": {"kernel": jnp.asarray(X3)}})
   np.testing.assert_allclose(v["Dense_0/kernel"], [1, 4, 0], rtol=1e-6)
