@@ -244,17 +244,20 @@ def test_tensor_selection_and_normalization_never_corrected():
 
 def test_sparse_form_matches_dense():
   rng = np.random.default_rng(3)
-  W = topologies.make("ring", 5).matrix(0).astype(np.float32)
-  indices, weights = topologies.to_neighbors(W)
-  # One padded slot per row (weight 0, pointing at the node itself) must change nothing.
-  indices = np.concatenate([indices, np.arange(5)[:, None]], axis=1).astype(np.int32)
-  weights = np.concatenate([weights, np.zeros((5, 1), np.float32)], axis=1)
-  params = {"k": jnp.asarray(rng.normal(size=(5, 3, 2)), jnp.float32)}
-  for target in ("follow_others", "conservative"):
-    dense = variance_corrected_mix(jnp.asarray(W), params, target=target)["k"]
-    sparse = variance_corrected_mix(SparseMixing(jnp.asarray(indices), jnp.asarray(weights)),
-                                    params, target=target)["k"]
-    np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), rtol=1e-5, atol=1e-6)
+  # A ring (equal received weights) and W3 (unequal ones, where 'uniform' differs from 'mixing').
+  for W in (topologies.make("ring", 5).matrix(0).astype(np.float32), W3):
+    n = len(W)
+    indices, weights = topologies.to_neighbors(W)
+    # One padded slot per row (weight 0, pointing at the node itself) must change nothing.
+    indices = np.concatenate([indices, np.arange(n)[:, None]], axis=1).astype(np.int32)
+    weights = np.concatenate([weights, np.zeros((n, 1), np.float32)], axis=1)
+    params = {"k": jnp.asarray(rng.normal(size=(n, 3, 2)), jnp.float32)}
+    for target, options in (("follow_others", {}), ("conservative", {}),
+                            ("follow_others", DFL_TORCH)):
+      dense = variance_corrected_mix(jnp.asarray(W), params, target=target, **options)["k"]
+      sparse = variance_corrected_mix(SparseMixing(jnp.asarray(indices), jnp.asarray(weights)),
+                                      params, target=target, **options)["k"]
+      np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), rtol=1e-5, atol=1e-6)
 
 
 def test_isolated_nodes_keep_their_model():
