@@ -113,7 +113,14 @@ def _validate_variance_correction(vc, algorithm_name: str) -> None:
   _one_of("variance_correction.target", vc.target, variance_correction.TARGETS)
   _one_of("variance_correction.estimator", vc.estimator, variance_correction.ESTIMATORS)
   _one_of("variance_correction.tensors", vc.tensors, variance_correction.TENSORS)
+  _one_of("variance_correction.eps_mode", vc.eps_mode, variance_correction.EPS_MODES)
+  _one_of("variance_correction.norm_layers", vc.norm_layers, variance_correction.NORM_LAYERS)
+  _one_of("variance_correction.received_weights", vc.received_weights,
+          variance_correction.RECEIVED_WEIGHTS)
   _require(0 <= vc.beta <= 1, f"variance_correction.beta must be in [0, 1], got {vc.beta}.")
   _require(vc.strength >= 0,
            f"variance_correction.strength must be >= 0 (0: none, 1: full), got {vc.strength}.")
   _require(vc.eps >= 0, f"variance_correction.eps must be >= 0, got {vc.eps}.")
+  _require(vc.eps_mode != "additive" or vc.eps > 0,
+           f"variance_correction.eps must be > 0 with eps_mode='additive' (0/0 on a "
+           f"zero-variance tensor), got {vc.eps}.")

@@ -1,8 +1,9 @@
 """Convolution and pooling layers whose formulation suits the backend (issue 9).
 
-`Conv` has exactly the parameters of `flax.linen.Conv` ('SAME' padding: kernel [kh, kw, Cin,
-Cout], optional bias; its auto-name is `Conv_i` too), so checkpoints and initialisations do not
-depend on the formulation. Two ways to compute it:
+`Conv` has exactly the parameters of `flax.linen.Conv` (kernel [kh, kw, Cin, Cout], optional
+bias; its auto-name is `Conv_i` too; 'SAME' or 'VALID' padding; `kernel_init` / `bias_init` as
+in flax, defaults lecun_normal / zeros), so checkpoints and initialisations do not depend on the
+formulation. Two ways to compute it:
 
 * `xla`: `lax.conv_general_dilated`, i.e. `nn.Conv` (cuDNN on GPU).
 * `im2col`: the k*k shifted views of the padded input side by side, `[B, H', W', k*k*Cin]`, then
@@ -24,7 +25,7 @@ ReLU the ties are zeros, whose gradient the ReLU drops anyway).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -50,39 +51,48 @@ def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
   return choice
 
 
-def im2col(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int]) -> jax.Array:
-  """[B, H, W, C] -> [B, H', W', kh*kw*C] ('SAME' padding), ordered (dy, dx, c) like a
-  flax kernel [kh, kw, C, F] reshaped to [kh*kw*C, F]."""
+PADDINGS = ("SAME", "VALID")
+
+
+def im2col(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+           padding: str = "SAME") -> jax.Array:
+  """[B, H, W, C] -> [B, H', W', kh*kw*C] ('SAME' or 'VALID' padding), ordered (dy, dx, c) like
+  a flax kernel [kh, kw, C, F] reshaped to [kh*kw*C, F]."""
   (kh, kw), (sh, sw) = kernel_size, strides
   _, h, w, _ = x.shape
-  (ph_lo, ph_hi), (pw_lo, pw_hi) = jax.lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), "SAME")
+  (ph_lo, ph_hi), (pw_lo, pw_hi) = jax.lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), padding)
   xp = jnp.pad(x, ((0, 0), (ph_lo, ph_hi), (pw_lo, pw_hi), (0, 0)))
-  out_h, out_w = -(-h // sh), -(-w // sw)
+  out_h = (h + ph_lo + ph_hi - kh) // sh + 1
+  out_w = (w + pw_lo + pw_hi - kw) // sw + 1
   views = [xp[:, dy:dy + (out_h - 1) * sh + 1:sh, dx:dx + (out_w - 1) * sw + 1:sw, :]
            for dy in range(kh) for dx in range(kw)]
   return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
 class Conv(nn.Module):
-  """`nn.Conv` with 'SAME' padding, computed as `impl` says (see the module docstring)."""
+  """`nn.Conv` ('SAME' or 'VALID' padding), computed as `impl` says (see the module docstring)."""
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] = (1, 1)
   use_bias: bool = True
   impl: str = "auto"
+  padding: str = "SAME"
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x):
+    if self.padding not in PADDINGS:
+      raise ValueError(f"Unknown Conv padding={self.padding!r}; valid: {list(PADDINGS)}.")
     kh, kw = self.kernel_size
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (kh, kw, x.shape[-1], self.features))
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
     if resolve_conv_impl(self.impl) == "im2col":
-      y = im2col(x, (kh, kw), self.strides) @ kernel.reshape(-1, self.features)
+      y = im2col(x, (kh, kw), self.strides, self.padding) @ kernel.reshape(-1, self.features)
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), "SAME",
+      y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), self.padding,
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+      y = y + self.param("bias", self.bias_init, (self.features,))
     return y
 
 

@@ -1,8 +1,18 @@
 """Flax models for one node (no node axis: the engine vmaps them).
 
 `mlp`: the FedAvg-paper MLP (784-200-200-10 on MNIST-sized inputs).
-`cnn`: LeNet-5 style, conv5x5x32 - maxpool2 - conv5x5x64 - maxpool2 - fc512 - fc10 ('SAME'
-padding), the CNN of the FedAvg / DFedSAM experiments on (Fashion-)MNIST.
+`cnn`: conv5x5x32 - maxpool2 - conv5x5x64 - maxpool2 - fc512 - fc10 ('SAME' padding), the CNN
+of the FedAvg / DFedSAM experiments on (Fashion-)MNIST: 1,663,370 parameters on MNIST, 27x
+LeNet-5's. It is not LeNet-5.
+`lenet5`: LeNet-5 as the vanishing-variance paper runs it (Tian et al., arXiv 2404.04616), after
+DFL_torch's py_src/models/lenet/lenet.py (class LeNet5) and ml_setup_base/mnist_models.py
+(lenet5_mnist): conv5x5x6 (padding 2 = 'SAME' for stride 1) - ReLU - maxpool2 - conv5x5x16 (no
+padding, 'VALID') - ReLU - maxpool2 - fc120 - ReLU - fc84 - ReLU - fc10; 61,706 parameters on
+28x28x1 inputs. Initialisation as the reference's `weights_init_xavier`, which replaces torch's
+default: every kernel Xavier/Glorot uniform, U(±sqrt(6 / (fan_in + fan_out))) with
+fan_in = Cin·kh·kw, fan_out = Cout·kh·kw (dense: in, out), and every bias 0. Deviation: the
+reference flattens [C, H, W], this model [H, W, C]: a fixed permutation of fc1's input rows,
+which changes no distribution and no result up to that relabelling.
 `logreg`: multinomial logistic regression.
 Convolutions and 2x2 max-pools come from dfl/layers.py (`conv`: auto | xla | im2col, the
 formulation that runs fast on the backend; the parameters are nn.Conv's either way).
@@ -45,6 +55,25 @@ class CNN(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class LeNet5(nn.Module):
+  """LeNet-5 of DFL_torch (py_src/models/lenet/lenet.py), for 28x28 inputs (see module docstring)."""
+  num_classes: int = 10
+  conv: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    kernel_init, bias_init = nn.initializers.xavier_uniform(), nn.initializers.zeros_init()
+    conv = lambda features, padding: Conv(features, (5, 5), impl=self.conv, padding=padding,
+                                          kernel_init=kernel_init, bias_init=bias_init)
+    dense = lambda features: nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init)
+    x = max_pool_2x2(nn.relu(conv(6, "SAME")(x)))
+    x = max_pool_2x2(nn.relu(conv(16, "VALID")(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(dense(120)(x))
+    x = nn.relu(dense(84)(x))
+    return dense(self.num_classes)(x)
+
+
 class LogReg(nn.Module):
   num_classes: int = 10
 
@@ -56,6 +85,7 @@ class LogReg(nn.Module):
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda num_classes, hidden=(200, 200), **_: MLP(tuple(hidden), num_classes),
     "cnn": lambda num_classes, conv="auto", **_: CNN(num_classes, conv),
+    "lenet5": lambda num_classes, conv="auto", **_: LeNet5(num_classes, conv),
     "logreg": lambda num_classes, **_: LogReg(num_classes),
     "vgg11": vgg11,
     "resnet18": resnet18,

@@ -10,7 +10,16 @@ al., "The Non-IID Data Quagmire", ICML 2020). GroupNorm normalises each sample o
 has only trainable scale/bias, and so keeps a model a plain parameter pytree: vmapped per-node
 training, gossip and evaluation treat it like any other model. `NORM_GROUPS` = 32 (Wu & He's
 default); every channel width here (64..512) is divisible by it. Param counts (CIFAR-10):
-VGG-11 9.76M, ResNet-18 11.17M. No dropout: it would need an RNG in every loss call.
+VGG-11 9,231,114, ResNet-18 11,173,962. No dropout: it would need an RNG in every loss call.
+
+VGG-11 follows DisPFL's fedml_api/model/cv/vgg.py (rong-dai/DisPFL; the same file is in
+EricLoong/da-dpfl, whose DFedSAM scripts train it), the model of the DFedSAM lineage: each
+3x3 conv (padding 1 = 'SAME') has a bias and is followed by GroupNorm(32) and ReLU, 'M' is a
+2x2 max-pool, and the head is ONE linear layer 512 -> classes (no 512-512 hidden layers; its
+AvgPool2d(1) is the identity). Initialisation as its `_initialize_weights`: conv kernels
+Kaiming normal, fan_out mode, gain sqrt(2) (std sqrt(2 / (Cout·3·3))), conv biases 0, GroupNorm
+scale 1 and bias 0, the linear kernel N(0, 0.01²) and bias 0. Deviation: none in shapes; flax's
+fan_out of a [kh, kw, Cin, Cout] kernel is kh·kw·Cout, torch's for [Cout, Cin, kh, kw] the same.
 """
 from __future__ import annotations
 
@@ -26,7 +35,8 @@ VGG11_LAYERS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 class VGG(nn.Module):
-  """VGG for 32x32 inputs: 3x3 conv + GroupNorm + ReLU blocks, then a 512-512-classes head."""
+  """VGG for 32x32 inputs: 3x3 conv (with bias) + GroupNorm + ReLU blocks, then a 512 -> classes
+  linear head, initialised as DisPFL's vgg.py (see the module docstring)."""
   layers: Sequence = VGG11_LAYERS
   num_classes: int = 10
   groups: int = NORM_GROUPS
@@ -34,16 +44,15 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     for layer in self.layers:
       if layer == "M":
         x = max_pool_2x2(x)
       else:
         x = nn.relu(nn.GroupNorm(num_groups=self.groups)(
-            Conv(layer, (3, 3), use_bias=False, impl=self.conv)(x)))
+            Conv(layer, (3, 3), impl=self.conv, kernel_init=kaiming_fan_out)(x)))
     x = x.reshape(x.shape[0], -1)  # [B, 512] after five pools of a 32x32 image
-    x = nn.relu(nn.Dense(512)(x))
-    x = nn.relu(nn.Dense(512)(x))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01))(x)
 
 
 class BasicBlock(nn.Module):

@@ -1,5 +1,7 @@
 """Variance-corrected model averaging (Tian, Al-Ars, Kitsak, Hofstee, "Vanishing Variance Problem
-in Fully Decentralized Neural-Network Systems", arXiv 2404.04616).
+in Fully Decentralized Neural-Network Systems", arXiv 2404.04616), checked against the authors'
+DFL_torch, py_src/model_variance_correct.py (VarianceCorrector) as called by
+py_src/model_average.py (ConservativeModelAverager) and py_src/config_file_util/default_config.py.
 
 Averaging d uncorrelated tensors of variance s^2 gives a tensor of variance s^2/d: gossip between
 independently initialised models erodes the weight variance that Xavier/He initialisation set up,
@@ -7,29 +9,53 @@ and training slows down. After a gossip step x̂ = W x, node i rescales every av
 about its own mean back to a target variance:
 
     x̂_i[l] <- m + s * (x̂_i[l] - m),     m = mean(x̂_i[l]),  v = Var(x̂_i[l])
-    s = 1 + r * (sqrt(σ²_i[l] / v) - 1)
+    s = 1 + r * (ratio - 1)
+    ratio = sqrt(σ²_i[l] / v)                  eps_mode='threshold' (v <= eps: s = 1)
+    ratio = sqrt((σ²_i[l] + eps) / (v + eps))  eps_mode='additive' (DFL_torch, eps = 1e-4)
 
 where mean and variance are scalars over all elements of the tensor, r = `strength` (1: full
 correction, 0: plain gossip), and the target σ²_i[l] is (`target`):
 
-    follow_others  Σ_{j≠i, w_ij>0} w_ij Var(x_j[l]) / Σ_{j≠i, w_ij>0} w_ij   (the paper's choice:
-                   the mean variance of the models node i received, W-weighted)
+    follow_others  the mean variance of the models node i received, R_i = {j ≠ i: w_ij > 0},
+                   weighted by `received_weights`:
+                     'mixing'  Σ_{j∈R_i} w_ij Var(x_j[l]) / Σ_{j∈R_i} w_ij
+                     'uniform' (1/|R_i|) Σ_{j∈R_i} Var(x_j[l])   (DFL_torch: the plain mean
+                               over its receive buffer; equal to 'mixing' whenever the
+                               received weights are equal, as in gossip learning on a graph)
     follow_self    Var(x_i[l]), node i's own tensor before averaging
     conservative   β Var(x_i[l]) + (1-β) follow_others,   β = `beta`
+
+The paper's experiment (experiments/configs/vca_mnist.py) is DFL_torch's: follow_others,
+received_weights='uniform', estimator='unbiased' (torch.var), eps_mode='additive' with
+eps = 1e-4, norm_layers='correct', tensors='all', strength 1.
 
 Rules made explicit:
 * The mean of every tensor is unchanged; only its spread about the mean is rescaled.
 * `tensors`: 'all' corrects every weight and bias; 'kernels' only leaves with >= 2 dimensions
-  per node (dense and convolution kernels). Normalisation layers are never corrected: any leaf
-  whose path names a `batch_stats` collection or a module with 'norm' in its name (BatchNorm_0,
-  LayerNorm_0, ...). Their statistics are data, not initialised weights, and their scale/bias start
-  at variance 0, so there is no initial variance to restore.
-* `estimator`: 'population' (÷n) or 'unbiased' (÷(n-1)) over the n elements of a tensor. Target
-  and current variance of a tensor use the same n, so the factor n/(n-1) cancels in σ²/v: the
-  estimator only moves the `eps` threshold below.
-* `eps`: a tensor whose averaged variance v is <= eps (a zero-initialised bias, a one-element
-  tensor) is left as it is: it has no spread to rescale and σ/v would blow up.
+  per node (dense and convolution kernels).
+* `norm_layers`: 'skip' leaves every leaf of a normalisation layer alone, i.e. any leaf whose
+  path names a `batch_stats` collection or a module with 'norm' in its name (BatchNorm_0,
+  GroupNorm_0, LayerNorm_0, ...): their scale/bias start at variance 0, so there is no initial
+  variance to restore. 'correct' (DFL_torch) corrects their scale and bias like any weight and
+  skips only running statistics (`batch_stats`; torch's running_mean / running_var /
+  num_batches_tracked), which are data, not weights.
+* `estimator`: 'population' (÷n) or 'unbiased' (÷(n-1), torch.var) over the n elements of a
+  tensor. With eps_mode='threshold' target and current variance share the factor n/(n-1), which
+  cancels in σ²/v: the estimator only moves the threshold. With 'additive' it does not cancel.
+* A one-element tensor has variance 0 under both estimators (as DFL_torch's
+  calculate_variance_for_tensor) and is never changed: it has no spread to rescale.
 * A node that received no model (no j ≠ i with w_ij > 0) takes its own variance as "others".
+
+Deviations from DFL_torch that remain:
+* Its nodes are asynchronous and average whenever their buffer holds deg(i) models, which may
+  hold two models of one fast neighbour and none of a slow one; here every round each node
+  receives exactly one model from each neighbour.
+* Its averaging leaves running statistics un-averaged (each node keeps its own); `mix` averages
+  every leaf it is given. (dfl's models have no running statistics.)
+* Its FollowSelfVariance / FollowConservative compute the node's "own" variance from the model
+  after its in-place averaging (ConservativeModelAverager overwrites self_model before
+  get_variance), so follow_self there is a no-op up to eps; here it is the variance before
+  averaging, as the paper describes. Its FollowOthers, the paper's method, is unaffected.
 
 Everything is vectorised: per-node per-tensor variances form one [N, L] matrix, mixed with the
 neighbour weights in one product; the Python loop over the pytree's leaves runs at trace time.
@@ -48,8 +74,12 @@ PyTree = Any
 TARGETS = ("follow_others", "follow_self", "conservative")
 ESTIMATORS = ("population", "unbiased")
 TENSORS = ("all", "kernels")
+EPS_MODES = ("threshold", "additive")
+NORM_LAYERS = ("skip", "correct")
+RECEIVED_WEIGHTS = ("mixing", "uniform")
 DEFAULT_EPS = 1e-12
 _NORMALIZATION = re.compile(r"batch_stats|norm", re.IGNORECASE)
+_RUNNING_STATISTICS = re.compile(r"batch_stats")
 
 
 def _path_names(path) -> list[str]:
@@ -63,13 +93,18 @@ def _path_names(path) -> list[str]:
 
 
 def is_normalization(path) -> bool:
-  """True for a leaf of a normalisation layer (never corrected), by its pytree path."""
+  """True for a leaf of a normalisation layer or its running statistics, by its pytree path."""
   return any(_NORMALIZATION.search(name) for name in _path_names(path))
 
 
-def is_corrected(path, x_N: jax.Array, tensors: str) -> bool:
+def is_running_statistic(path) -> bool:
+  """True for a leaf of the `batch_stats` collection (never corrected)."""
+  return any(_RUNNING_STATISTICS.search(name) for name in _path_names(path))
+
+
+def is_corrected(path, x_N: jax.Array, tensors: str, norm_layers: str = "skip") -> bool:
   """Whether the leaf at `path` (with a leading node axis) is variance-corrected."""
-  if is_normalization(path):
+  if is_running_statistic(path) or (norm_layers == "skip" and is_normalization(path)):
     return False
   return tensors == "all" or x_N.ndim - 1 >= 2
 
@@ -83,18 +118,21 @@ def tensor_variance(x_N: jax.Array, estimator: str = "population") -> jax.Array:
   return ss_N / (n if estimator == "population" else max(n - 1, 1))
 
 
-def received_mean(mixing: Mixing, v_NxL: jax.Array) -> jax.Array:
-  """[N, L]: Σ_{j≠i, w_ij>0} w_ij v_j / Σ_{j≠i, w_ij>0} w_ij; a node without neighbours keeps v_i."""
+def received_mean(mixing: Mixing, v_NxL: jax.Array, received_weights: str = "mixing") -> jax.Array:
+  """[N, L]: Σ_{j≠i, w_ij>0} a_ij v_j / Σ_{j≠i, w_ij>0} a_ij with a_ij = w_ij ('mixing') or 1
+  ('uniform'); a node without neighbours keeps v_i."""
+  uniform = received_weights == "uniform"
   if isinstance(mixing, DenseMixing):
     W = mixing.W
-    A_NxN = jnp.where((W > 0) & ~jnp.eye(W.shape[0], dtype=bool), W, 0).astype(v_NxL.dtype)
+    edge_NxN = (W > 0) & ~jnp.eye(W.shape[0], dtype=bool)
+    A_NxN = jnp.where(edge_NxN, 1 if uniform else W, 0).astype(v_NxL.dtype)
     total_N = A_NxN.sum(axis=1)
     weighted_NxL = A_NxN @ v_NxL
   else:
     idx_NxK, w_NxK = mixing.indices, mixing.weights
     n = idx_NxK.shape[0]
     edge_NxK = (w_NxK > 0) & (idx_NxK != jnp.arange(n)[:, None])
-    A_NxK = jnp.where(edge_NxK, w_NxK, 0).astype(v_NxL.dtype)
+    A_NxK = jnp.where(edge_NxK, 1 if uniform else w_NxK, 0).astype(v_NxL.dtype)
     total_N = A_NxK.sum(axis=1)
     weighted_NxL = jnp.einsum("nk,nkl->nl", A_NxK, v_NxL[idx_NxK])
   has_neighbours_N = total_N > 0
@@ -103,8 +141,14 @@ def received_mean(mixing: Mixing, v_NxL: jax.Array) -> jax.Array:
 
 
 def check_options(*, target: str, beta: float, estimator: str, tensors: str, strength: float,
-                  eps: float) -> None:
+                  eps: float, eps_mode: str = "threshold", norm_layers: str = "skip",
+                  received_weights: str = "mixing") -> None:
   """Raises ValueError naming the bad option and the valid values."""
+  for name, value, valid in (("eps_mode", eps_mode, EPS_MODES),
+                             ("norm_layers", norm_layers, NORM_LAYERS),
+                             ("received_weights", received_weights, RECEIVED_WEIGHTS)):
+    if value not in valid:
+      raise ValueError(f"Unknown {name}={value!r}; valid: {list(valid)}.")
   if target not in TARGETS:
     raise ValueError(f"Unknown target={target!r}; valid: {list(TARGETS)}.")
   if estimator not in ESTIMATORS:
@@ -117,6 +161,9 @@ def check_options(*, target: str, beta: float, estimator: str, tensors: str, str
     raise ValueError(f"strength must be >= 0 (0: no correction, 1: full), got {strength}.")
   if not eps >= 0.0:
     raise ValueError(f"eps must be >= 0, got {eps}.")
+  if eps_mode == "additive" and not eps > 0.0:
+    raise ValueError(f"eps_mode='additive' needs eps > 0 (a zero-variance tensor would give "
+                     f"0/0), got eps={eps}.")
 
 
 def _as_mixing(W) -> Mixing:
@@ -128,7 +175,9 @@ def _as_mixing(W) -> Mixing:
 def variance_corrected_mix(W: Union[jax.Array, Mixing], params: PyTree, *,
                            target: str = "follow_others", beta: float = 0.5,
                            estimator: str = "population", tensors: str = "all",
-                           strength: float = 1.0, eps: float = DEFAULT_EPS) -> PyTree:
+                           strength: float = 1.0, eps: float = DEFAULT_EPS,
+                           eps_mode: str = "threshold", norm_layers: str = "skip",
+                           received_weights: str = "mixing") -> PyTree:
   """One gossip step x̂ = W x followed by the per-node, per-tensor variance correction.
 
   Args:
@@ -139,18 +188,27 @@ def variance_corrected_mix(W: Union[jax.Array, Mixing], params: PyTree, *,
     estimator: 'population' (÷n) or 'unbiased' (÷(n-1)).
     tensors: 'all' (weights and biases) or 'kernels' (leaves with >= 2 dims per node).
     strength: r in s = 1 + r (σ_target / σ - 1); 1 = full correction, 0 = plain gossip.
-    eps: tensors whose averaged variance is <= eps are left unchanged.
+    eps: 'threshold': tensors whose averaged variance is <= eps are left unchanged;
+      'additive': added to target and current variance inside the square root.
+    eps_mode: 'threshold' (exact ratio above eps) or 'additive' (DFL_torch's
+      sqrt((σ² + eps) / (v + eps)), with eps = 1e-4 there).
+    norm_layers: 'skip' (no leaf of a normalisation layer) or 'correct' (their scale and bias
+      too; running statistics are always skipped).
+    received_weights: 'mixing' (W-weighted mean of the received variances) or 'uniform' (plain
+      mean over the received models, DFL_torch).
 
   Returns:
     The mixed and corrected pytree, same structure and shapes as `params`.
   """
   check_options(target=target, beta=beta, estimator=estimator, tensors=tensors,
-                strength=strength, eps=eps)
+                strength=strength, eps=eps, eps_mode=eps_mode, norm_layers=norm_layers,
+                received_weights=received_weights)
   mixing = _as_mixing(W)
   mixed = mix(mixing, params)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   mixed_leaves = treedef.flatten_up_to(mixed)
-  chosen = [k for k, (path, x) in enumerate(leaves) if is_corrected(path, x, tensors)]
+  chosen = [k for k, (path, x) in enumerate(leaves)
+            if is_corrected(path, x, tensors, norm_layers)]
   if not chosen:
     return mixed
 
@@ -159,7 +217,7 @@ def variance_corrected_mix(W: Union[jax.Array, Mixing], params: PyTree, *,
   if target == "follow_self":
     target_NxL = own_NxL
   else:
-    others_NxL = received_mean(mixing, own_NxL)
+    others_NxL = received_mean(mixing, own_NxL, received_weights)
     target_NxL = others_NxL if target == "follow_others" else beta * own_NxL + (1 - beta) * others_NxL
 
   out = list(mixed_leaves)
@@ -167,9 +225,13 @@ def variance_corrected_mix(W: Union[jax.Array, Mixing], params: PyTree, *,
     x_N = mixed_leaves[k]
     x_NxD = x_N.reshape(x_N.shape[0], -1).astype(jnp.float32)
     v_N = tensor_variance(x_NxD, estimator)
-    spread = v_N > eps
-    ratio_N = jnp.sqrt(target_NxL[:, column] / jnp.where(spread, v_N, 1.0))
-    scale_N = jnp.where(spread, 1.0 + strength * (ratio_N - 1.0), 1.0)
+    if eps_mode == "additive":
+      ratio_N = jnp.sqrt((target_NxL[:, column] + eps) / (v_N + eps))
+      scale_N = 1.0 + strength * (ratio_N - 1.0)
+    else:
+      spread = v_N > eps
+      ratio_N = jnp.sqrt(target_NxL[:, column] / jnp.where(spread, v_N, 1.0))
+      scale_N = jnp.where(spread, 1.0 + strength * (ratio_N - 1.0), 1.0)
     m_N1 = jnp.mean(x_NxD, axis=1, keepdims=True)
     corrected = m_N1 + scale_N[:, None] * (x_NxD - m_N1)
     out[k] = corrected.reshape(x_N.shape).astype(x_N.dtype)
@@ -183,7 +245,9 @@ def variance_corrected_mixer(**options) -> Callable[[Mixing, PyTree], PyTree]:
   models just received and is corrected against their variances.
   """
   check_options(**{"target": "follow_others", "beta": 0.5, "estimator": "population",
-                   "tensors": "all", "strength": 1.0, "eps": DEFAULT_EPS, **options})
+                   "tensors": "all", "strength": 1.0, "eps": DEFAULT_EPS,
+                   "eps_mode": "threshold", "norm_layers": "skip", "received_weights": "mixing",
+                   **options})
   return lambda mixing, params: variance_corrected_mix(mixing, params, **options)
 
 
@@ -193,7 +257,10 @@ def build_mixer(section) -> Optional[Callable[[Mixing, PyTree], PyTree]]:
     return None
   return variance_corrected_mixer(target=section.target, beta=float(section.beta),
                                   estimator=section.estimator, tensors=section.tensors,
-                                  strength=float(section.strength), eps=float(section.eps))
+                                  strength=float(section.strength), eps=float(section.eps),
+                                  eps_mode=section.get("eps_mode", "threshold"),
+                                  norm_layers=section.get("norm_layers", "skip"),
+                                  received_weights=section.get("received_weights", "mixing"))
 
 
 def layer_variances(params: PyTree, estimator: str = "population") -> dict[str, jax.Array]:

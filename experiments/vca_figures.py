@@ -1,15 +1,19 @@
 """Figures for the vanishing variance problem (Tian et al., arXiv 2404.04616): gossip learning
 with and without variance-corrected averaging, and FedAvg as the reference.
 
-    python -m experiments.vca_figures --out experiments/figures/vca            # CPU-sized (MLP, ~7 min)
-    python -m experiments.vca_figures --out runs/vca_paper --model cnn --rounds 200 \
-        --local_steps 38 --local_examples 0                              # the paper's setting
+    # the paper's setting, vca_mnist.py as it is (LeNet-5, batch 64, one step per round):
+    python -m experiments.vca_figures --out runs/vca_paper --local_examples 0
+    # the FedAvg MLP, ten steps of 32 per round, 40 rounds (what experiments/figures/vca
+    # was made with, before vca_mnist took DFL_torch's LeNet-5 and correction formula):
+    python -m experiments.vca_figures --out runs/vca_mlp --model mlp --local_steps 10 \
+        --batch_size 32 --rounds 40 --eval_every 4
 
-Starts from experiments/configs/vca_mnist.py (50 nodes, random 8-regular graph, independent
-inits, SGD lr 0.01 momentum 0.9 wd 1e-4) and runs each variant in chunks of `--eval_every`
-rounds with the library's compiled round runner, recording after every chunk the mean test
-accuracy of the nodes' own models and, for every layer, the variance of its kernel averaged over
-the nodes. Writes `results.json`, `accuracy.png`, `variance.png` and prints the rounds each
+Starts from experiments/configs/vca_mnist.py (50 nodes, random 8-regular graph, LeNet-5,
+independent inits, SGD lr 0.01 momentum 0.9 wd 1e-4, batch 64, one local step per round, and
+DFL_torch's variance correction), overrides only what is given on the command line, and runs
+each variant in chunks of `--eval_every` rounds with the library's compiled round runner,
+recording after every chunk the mean test accuracy of the nodes' own models and, for every
+layer, the variance of its kernel averaged over the nodes. Writes `results.json`, `accuracy.png`, `variance.png` and prints the rounds each
 variant needed to reach each of `--targets` (None: not within the run).
 """
 from __future__ import annotations
@@ -39,18 +43,22 @@ VARIANTS = {  # label -> (algorithm.name, variance_correction.enabled)
 
 
 def make_config(args, algorithm: str, corrected: bool):
+  """vca_mnist's config with the variant and every option given on the command line."""
   c = vca_mnist.get_config()
   c.algorithm.name = algorithm
   c.variance_correction.enabled = corrected
-  c.model.name = args.model
-  c.model.hidden = tuple(args.hidden)
-  c.num_nodes = args.num_nodes
-  c.topology.name = args.topology
-  c.topology.degree = args.degree
-  c.algorithm.local_steps = args.local_steps
-  c.train.rounds = args.rounds
-  c.eval.every_rounds = args.eval_every
-  c.eval.local_examples = args.local_examples
+  overrides = {"model.name": args.model, "model.hidden": args.hidden and tuple(args.hidden),
+               "num_nodes": args.num_nodes, "topology.name": args.topology,
+               "topology.degree": args.degree, "algorithm.local_steps": args.local_steps,
+               "algorithm.batch_size": args.batch_size, "train.rounds": args.rounds,
+               "eval.every_rounds": args.eval_every, "eval.local_examples": args.local_examples}
+  for dotted, value in overrides.items():
+    if value is not None:
+      *sections, leaf = dotted.split(".")
+      node = c
+      for section in sections:
+        node = node[section]
+      node[leaf] = value
   c.data.dir = args.data_dir
   c.seed = args.seed
   return c
@@ -113,15 +121,18 @@ def plot(results: dict, out: str) -> None:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", required=True, help="folder for results.json and the figures")
-  p.add_argument("--model", default="mlp", choices=["mlp", "cnn"], help="cnn = LeNet-5 (paper)")
-  p.add_argument("--hidden", type=int, nargs="+", default=[200, 200], help="MLP widths")
-  p.add_argument("--num_nodes", type=int, default=50)
-  p.add_argument("--topology", default="random_regular")
-  p.add_argument("--degree", type=int, default=8)
-  p.add_argument("--local_steps", type=int, default=10)
-  p.add_argument("--rounds", type=int, default=40)
-  p.add_argument("--eval_every", type=int, default=4)
-  p.add_argument("--local_examples", type=int, default=2000, help="test samples per node; 0 = all")
+  # None: vca_mnist.py's value.
+  p.add_argument("--model", default=None, choices=["lenet5", "mlp", "cnn"],
+                 help="lenet5 = the paper's LeNet-5 (vca_mnist's); cnn = the 27x larger CNN")
+  p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP widths")
+  p.add_argument("--num_nodes", type=int, default=None)
+  p.add_argument("--topology", default=None)
+  p.add_argument("--degree", type=int, default=None)
+  p.add_argument("--local_steps", type=int, default=None)
+  p.add_argument("--batch_size", type=int, default=None)
+  p.add_argument("--rounds", type=int, default=None)
+  p.add_argument("--eval_every", type=int, default=None)
+  p.add_argument("--local_examples", type=int, default=None, help="test samples per node; 0 = all")
   p.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.9, 0.95],
                  help="accuracies whose first-reached round is reported")
   p.add_argument("--data_dir", default="", help="root holding mnist/; empty = $DFL_DATA_DIR")

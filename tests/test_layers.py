@@ -26,6 +26,29 @@ def test_conv_has_nn_conv_parameters_values_and_gradients(kernel, stride, impl):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, want)
 
 
+@pytest.mark.parametrize("kernel,stride", [(5, 1), (3, 2), (4, 1)])
+@pytest.mark.parametrize("impl", ["im2col", "xla"])
+def test_valid_padding_equals_nn_conv(kernel, stride, impl):
+  # LeNet-5's second convolution has no padding: 'VALID' must shrink [H, W] like nn.Conv.
+  x = jax.random.normal(jax.random.key(4), (2, 11, 9, 3))
+  ref = nn.Conv(5, (kernel, kernel), (stride, stride), padding="VALID")
+  ours = Conv(5, (kernel, kernel), (stride, stride), impl=impl, padding="VALID")
+  params = ref.init(jax.random.key(0), x)
+  y = ours.apply(params, x)
+  assert y.shape == (2, (11 - kernel) // stride + 1, (9 - kernel) // stride + 1, 5)
+  np.testing.assert_allclose(y, ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="padding='CIRCULAR'.*VALID"):
+    Conv(5, (3, 3), padding="CIRCULAR").init(jax.random.key(0), x)
+
+
+def test_conv_initialisers_are_passed_through():
+  x = jnp.zeros((1, 6, 6, 2))
+  ones = Conv(4, (3, 3), kernel_init=nn.initializers.ones, bias_init=nn.initializers.ones)
+  params = ones.init(jax.random.key(0), x)["params"]
+  np.testing.assert_array_equal(params["kernel"], np.ones((3, 3, 2, 4)))
+  np.testing.assert_array_equal(params["bias"], np.ones(4))
+
+
 def test_max_pool_2x2_equals_nn_max_pool_including_odd_sizes():
   for shape in [(2, 8, 8, 3), (2, 7, 9, 1)]:
     x = jax.random.normal(jax.random.key(2), shape)

@@ -23,10 +23,10 @@ def get_config():
   c.data.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.model = config_dict.ConfigDict()
-  c.model.name = "mlp"  # mlp | cnn | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR)
+  c.model.name = "mlp"  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR)
   c.model.hidden = (200, 200)  # MLP widths
-  # Convolutions (cnn, vgg11, resnet18): auto | xla | im2col; auto = im2col (matmuls) on CPU,
-  # where XLA's convolutions are slow inside loops, xla (cuDNN) on GPU. See dfl/layers.py.
+  # Convolutions (cnn, lenet5, vgg11, resnet18): auto | xla | im2col; auto = im2col (matmuls)
+  # on CPU, where XLA's convolutions are slow inside loops, xla (cuDNN) on GPU. dfl/layers.py.
   c.model.conv = "auto"
   c.model.same_init = True  # all nodes start from one initialisation (False: independent inits)
 
@@ -79,7 +79,10 @@ def get_config():
   c.variance_correction.estimator = "population"  # population (÷n) | unbiased (÷(n-1))
   c.variance_correction.tensors = "all"  # all (weights + biases) | kernels (>= 2-dim leaves)
   c.variance_correction.strength = 1.0  # r: scale = 1 + r·(σ_target/σ - 1); 0 = plain gossip
-  c.variance_correction.eps = 1e-12  # tensors with averaged variance <= eps stay unchanged
+  c.variance_correction.eps = 1e-12  # threshold: variance <= eps stays; additive: in the sqrt
+  c.variance_correction.eps_mode = "threshold"  # threshold (exact ratio) | additive (DFL_torch)
+  c.variance_correction.norm_layers = "skip"  # skip (every *norm* leaf) | correct (all but stats)
+  c.variance_correction.received_weights = "mixing"  # mixing (W-weighted) | uniform (plain mean)
 
   c.train = config_dict.ConfigDict()
   c.train.rounds = 200
