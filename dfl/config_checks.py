@@ -66,6 +66,16 @@ def validate_config(config) -> None:
              f"[1, sample_size={s}], got {a.aggregators}.")
     _require(0 < a.success_fraction <= 1,
              f"algorithm.success_fraction must be in (0, 1], got {a.success_fraction}.")
+    _require(isinstance(a.min_models, int) and a.min_models >= 1,
+             f"algorithm.min_models must be an integer >= 1, got {a.min_models!r}.")
+    _require(isinstance(a.inactivity_rounds, int) and a.inactivity_rounds >= 0,
+             f"algorithm.inactivity_rounds must be an integer >= 0 (0: never drop a failed "
+             f"node), got {a.inactivity_rounds!r}.")
+  else:
+    for field, default in (("min_models", 3), ("inactivity_rounds", 50)):
+      _require(a[field] == default,
+               f"algorithm.{field}={a[field]} is only used by algorithm.name='modest', not "
+               f"{a.name!r}; leave it at {default}.")
   parse_schedule(a.membership)  # raises on a malformed schedule
   _require(not a.membership or a.name == "modest",
            f"algorithm.membership={a.membership!r} is only simulated by algorithm.name='modest', "

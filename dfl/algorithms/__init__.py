@@ -124,7 +124,8 @@ def _modest(a, ctx: BuildContext) -> Algorithm:
                 success_fraction=a.success_fraction,
                 membership=build_membership(ctx.num_nodes, a.membership, seed=ctx.seed),
                 momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                num_steps_N=steps_N)
+                num_steps_N=steps_N, min_models=a.min_models,
+                inactivity_rounds=a.inactivity_rounds)
 
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {

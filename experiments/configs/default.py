@@ -70,7 +70,9 @@ def get_config():
   c.algorithm.self_weight = 0.5  # gossip: β, weight on the own model vs. the neighbours' mean
   c.algorithm.sample_size = config_dict.placeholder(int)  # modest: s per round; None: min(10, N)
   c.algorithm.aggregators = 1  # modest: a, nodes that aggregate per round (a <= s)
-  c.algorithm.success_fraction = 1.0  # modest: sf, aggregate once ceil(sf * s) models arrived
+  c.algorithm.success_fraction = 1.0  # modest: sf, aggregate once floor(sf * s) models arrived
+  c.algorithm.min_models = 3  # modest: at the timeout, fewer arrivals than this void the round
+  c.algorithm.inactivity_rounds = 50  # modest: drop a failed node after R silent rounds (0: never)
   # modest: join/leave/fail events, "ROUND:EVENT:AMOUNT,..." e.g. "50:fail:0.8,30:join:10"
   # (AMOUNT: a count, or a fraction of the active nodes when written with a '.'; num_nodes
   # counts every node that ever takes part, joiners included). See dfl/membership.py.
