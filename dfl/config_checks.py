@@ -54,6 +54,7 @@ def validate_config(config) -> None:
   _one_of("topology.schedule", config.topology.schedule, topologies.SCHEDULES)
   a = config.algorithm
   _one_of("algorithm.name", a.name, ALGORITHMS)
+  _validate_schedule(config.topology, a.name, config.get("variance_correction"))
   _require(a.lr > 0, f"algorithm.lr must be > 0, got {a.lr}.")
   _require(0 < a.lr_decay <= 1, f"algorithm.lr_decay must be in (0, 1], got {a.lr_decay}.")
   _require(a.local_steps >= 1, f"algorithm.local_steps must be >= 1, got {a.local_steps}.")
@@ -78,6 +79,16 @@ def validate_config(config) -> None:
              f"[1, sample_size={s}], got {a.aggregators}.")
     _require(0 < a.success_fraction <= 1,
              f"algorithm.success_fraction must be in (0, 1], got {a.success_fraction}.")
+    _require(isinstance(a.min_models, int) and a.min_models >= 1,
+             f"algorithm.min_models must be an integer >= 1, got {a.min_models!r}.")
+    _require(isinstance(a.inactivity_rounds, int) and a.inactivity_rounds >= 0,
+             f"algorithm.inactivity_rounds must be an integer >= 0 (0: never drop a failed "
+             f"node), got {a.inactivity_rounds!r}.")
+  else:
+    for field, default in (("min_models", 3), ("inactivity_rounds", 50)):
+      _require(a[field] == default,
+               f"algorithm.{field}={a[field]} is only used by algorithm.name='modest', not "
+               f"{a.name!r}; leave it at {default}.")
   parse_schedule(a.membership)  # raises on a malformed schedule
   _require(not a.membership or a.name == "modest",
            f"algorithm.membership={a.membership!r} is only simulated by algorithm.name='modest', "
@@ -89,6 +100,11 @@ def validate_config(config) -> None:
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")
+  _one_of("algorithm.aggregation_weights", a.aggregation_weights, ("uniform", "num_samples"))
+  _require(a.aggregation_weights == "uniform" or a.name in USES_AGGREGATION_WEIGHTS,
+           f"algorithm.aggregation_weights={a.aggregation_weights!r} is only used by "
+           f"{sorted(USES_AGGREGATION_WEIGHTS)}, not algorithm.name={a.name!r}; leave it "
+           "'uniform'.")
   if a.name == "gossip":
     _require(0 <= a.self_weight < 1,
              f"algorithm.self_weight must be in [0, 1) for gossip, got {a.self_weight}.")
@@ -102,6 +118,29 @@ def validate_config(config) -> None:
            f"SIGTERM/SIGINT), got {ck.every_rounds!r}.")
   _require(isinstance(ck.max_to_keep, int) and ck.max_to_keep >= 1,
            f"checkpoint.max_to_keep must be an integer >= 1, got {ck.max_to_keep!r}.")
+
+
+# Algorithms whose aggregation can weight models by their sample counts.
+USES_AGGREGATION_WEIGHTS = {"fedavg", "gossip"}
+
+
+def _validate_schedule(topology, algorithm_name: str, vc) -> None:
+  """A schedule changes the topology in some rounds: only algorithms that mix over the topology
+  have a use for it, and its merge rounds must stay exact averages."""
+  schedule, start = topology.schedule, topology.get("schedule_start")
+  if schedule != "none":
+    _require(algorithm_name in USES_TOPOLOGY,
+             f"topology.schedule={schedule!r} changes the communication graph, which "
+             f"algorithm.name={algorithm_name!r} does not use (it samples clients, not "
+             f"neighbours); valid with {sorted(USES_TOPOLOGY)}, else leave topology.schedule="
+             "'none'.")
+    _require(vc is None or not vc.enabled,
+             f"topology.schedule={schedule!r} with variance_correction.enabled=True: the "
+             "correction rescales every model after each gossip step, so the schedule's merge "
+             "rounds would no longer be exact averages; disable one of them.")
+  _require(start is None or schedule == "dense_window",
+           f"topology.schedule_start={start} places a dense window, but topology.schedule="
+           f"{schedule!r}; set topology.schedule='dense_window' or leave schedule_start unset.")
 
 
 def _validate_variance_correction(vc, algorithm_name: str) -> None:

@@ -132,7 +132,7 @@ def build_experiment(config) -> Experiment:
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
     algorithm = build_algorithm(config.algorithm, BuildContext(
         loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
-        seed=_seed(None, config.seed, _MEMBERSHIP_STREAM)))
+        seed=_seed(None, config.seed, _MEMBERSHIP_STREAM), merge_rounds=topology.dense_rounds))
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,

@@ -16,10 +16,13 @@ the node axis keep one shape for the whole run. Per node the schedule fixes thre
     listed_t[i]     = listed_from[i] <= t < left_at[i]    (in the candidate lists L_t)
     answers_t[i]    = t < failed_at[i]                    (has not failed by round t)
     responsive_t[i] = listed_t[i] and answers_t[i]
+    candidate_t[i]  = listed_t[i] and t < failed_at[i] + R   (R = inactivity rounds; R = 0: never)
 
 A node joining at round r is listed from round r + 1 (eligible from the next round). A node that
 leaves at round r announced it, so L_r no longer lists it. A node failing at round r stays
-listed (nobody was told) but no longer answers. Which active nodes leave or fail is drawn from
+listed (nobody was told) but no longer answers, until it has been silent for R rounds (MoDeST's
+inactivity threshold, accdfl/core/peer_manager.py of the reference): from round r + R on it is
+no candidate. Which active nodes leave or fail is drawn from
 `seed`, so a run is fully determined by its config. The masks are evaluated inside jit from
 these small static arrays: rounds never recompile.
 """
@@ -84,6 +87,14 @@ class Membership:
   def listed(self, t) -> jnp.ndarray:
     """[N] bool: nodes in the candidate list of round t (joined, not left). Traceable in t."""
     return (jnp.asarray(self.listed_from) <= t) & (t < jnp.asarray(self.left_at))
+
+  def candidates(self, t, inactivity_rounds: int = 0) -> jnp.ndarray:
+    """[N] bool: `listed(t)` less the failed nodes silent for `inactivity_rounds` rounds (failing
+    at round f, a node last answered in round f - 1 and is dropped from round f + R); R = 0:
+    failed nodes stay listed forever. Traceable in t."""
+    if not inactivity_rounds:
+      return self.listed(t)
+    return self.listed(t) & (t - inactivity_rounds < jnp.asarray(self.failed_at))
 
   def answers(self, t) -> jnp.ndarray:
     """[N] bool: nodes that have not failed by round t. Traceable in t."""

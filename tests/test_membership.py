@@ -31,6 +31,23 @@ def test_fail_fraction_of_active_nodes():
   assert np.array_equal(np.asarray(m.responsive(5)), m.active_at(5))
 
 
+def test_failed_nodes_leave_the_candidates_after_the_inactivity_rounds():
+  """Failing at round 5, a node last answered in round 4; with R = 3 it is a candidate in rounds
+  5, 6, 7 (probed in vain) and none from round 8 on. R = 0 keeps it forever; a node that left is
+  no candidate either way, a live one always is."""
+  m = build_membership(10, "5:fail:4,2:leave:1", seed=3)
+  failed = np.flatnonzero(m.failed_at == 5)
+  left = np.flatnonzero(m.left_at == 2)
+  live = np.setdiff1d(np.arange(10), np.concatenate([failed, left]))
+  assert len(failed) == 4 and len(left) == 1 and len(live) == 5
+  for t, expected in [(4, True), (5, True), (7, True), (8, False), (1000, False)]:
+    c = np.asarray(m.candidates(t, 3))
+    assert c[failed].tolist() == [expected] * 4, t
+    assert c[live].all() and (t < 2 or not c[left].any())
+  assert np.asarray(m.candidates(10 ** 6, 0))[failed].all()
+  assert np.array_equal(np.asarray(m.candidates(9, 0)), np.asarray(m.listed(9)))
+
+
 def test_fractions_compound_over_events():
   m = build_membership(16, "2:fail:0.5,4:fail:0.5", seed=0)
   assert [m.active_at(t).sum() for t in (1, 2, 3, 4)] == [16, 8, 8, 4]

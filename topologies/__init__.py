@@ -28,6 +28,7 @@ GRAPH_OPTIONS = {
     "edge_prob": None,  # erdos_renyi p (None: 2 ln N / N)
     "rewire_prob": 0.1,  # small_world rewiring probability
     "directed": False,  # exponential, random_neighbors, from_edges: row-stochastic W allowed
+    "expected_degree": 0.2,  # random_pull: r, mean number of peers each node pulls per round
     "edges_file": "",  # from_edges: path of the edge list
 }
 
@@ -47,7 +48,8 @@ def _build_graph(name: str, num_nodes: int, seed: int, options: dict) -> Graph:
 
 def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", seed: int = 0,
          laziness: float = 0.0, num_rounds: Optional[int] = None, schedule: str = "none",
-         schedule_topology: str = "complete", schedule_window: int = 1, **options) -> Topology:
+         schedule_topology: str = "complete", schedule_window: int = 1,
+         schedule_start: Optional[float] = None, **options) -> Topology:
   """Builds a checked topology by name.
 
   Args:
@@ -64,11 +66,14 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
     schedule_topology: the dense graph of a schedule (complete = global merge); built with the
       same weights and seed, without laziness.
     schedule_window: rounds in the dense window.
+    schedule_start: dense_window only: its first round (an integer), or its position as a
+      fraction of the run in [0, 1) (`point1` of the reference's truncate_v2); None: at the end.
     **options: graph options, see `GRAPH_OPTIONS`; unused ones are ignored.
 
   Returns:
     A Topology whose every W_t is nonnegative and row-stochastic, doubly stochastic unless
-    `directed=True` was asked for, and (static or over a period) connected.
+    `directed=True` was asked for or the graph is row-stochastic by construction (random_pull),
+    and (static or over a period) connected.
 
   Raises:
     ValueError naming the bad value and what would be valid.
@@ -86,7 +91,7 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
     raise ValueError(f"topology.laziness must be in [0, 1), got {laziness}.")
   options = {**GRAPH_OPTIONS, **options}
   graph = _build_graph(name, num_nodes, seed, options)
-  doubly = not options["directed"]
+  doubly = not (options["directed"] or graph.row_stochastic)  # random_pull: rows only
   what = f"topology {name!r}" + (f" ({options['edges_file']})" if name == "from_edges" else "")
 
   def matrix_fn(t: int):
@@ -109,8 +114,11 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
   if not graph.time_varying:
     topology.matrix(0)  # build and check now, not in the middle of a run
   if schedule == "none":
+    if schedule_start is not None:
+      raise ValueError(f"topology.schedule_start={schedule_start} places a dense window, but "
+                       "topology.schedule='none'; use schedule='dense_window' or leave it unset.")
     return topology
-  rounds = schedule_rounds(schedule, num_rounds, schedule_window)
+  rounds = schedule_rounds(schedule, num_rounds, schedule_window, schedule_start)
   if schedule_topology not in GRAPHS:
     raise ValueError(f"Unknown topology.schedule_topology={schedule_topology!r}; valid: {NAMES}.")
   dense = make(schedule_topology, num_nodes, weights=weights, seed=seed, num_rounds=num_rounds,

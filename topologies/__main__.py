@@ -18,7 +18,8 @@ import topologies
 _TABLE_NOTES = {
     "erdos_renyi": "p = 2 ln N / N, seed 0", "random_regular": "degree 4, seed 0",
     "small_world": "degree 4, rewire 0.1, seed 0", "one_peer_exponential": "mean W over a period; a period averages exactly (N = 2^k)",
-    "random_neighbors": "degree 4; mean W over 32 rounds", "torus": "most square rows x cols",
+    "random_neighbors": "degree 4; mean W over 32 rounds",
+    "random_pull": "expected degree 0.2; mean W over 32 rounds", "torus": "most square rows x cols",
     "grid": "most square rows x cols", "exponential": "i -- i +- 2^k",
 }
 
@@ -35,10 +36,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--edge-prob", type=float, default=None)
   p.add_argument("--rewire-prob", type=float, default=topologies.GRAPH_OPTIONS["rewire_prob"])
   p.add_argument("--directed", action="store_true")
+  p.add_argument("--expected-degree", type=float,
+                 default=topologies.GRAPH_OPTIONS["expected_degree"])
   p.add_argument("--edges-file", default="")
   p.add_argument("--schedule", default="none", choices=topologies.SCHEDULES)
   p.add_argument("--schedule-topology", default="complete")
   p.add_argument("--schedule-window", type=int, default=1)
+  p.add_argument("--schedule-start", type=float, default=None)
   p.add_argument("--num-rounds", type=int, default=None)
   p.add_argument("--round", type=int, default=0, help="round whose W is drawn")
   p.add_argument("--save-png", default="", help="draw the graph and W of --round here")
@@ -52,8 +56,9 @@ def _make(args, name: str, n: int) -> topologies.Topology:
   return topologies.make(
       name, n, weights=args.weights, seed=args.seed, laziness=args.laziness,
       num_rounds=args.num_rounds, schedule=args.schedule, schedule_topology=args.schedule_topology,
-      schedule_window=args.schedule_window, degree=args.degree, edge_prob=args.edge_prob,
-      rewire_prob=args.rewire_prob, directed=args.directed, edges_file=args.edges_file)
+      schedule_window=args.schedule_window, schedule_start=args.schedule_start,
+      degree=args.degree, edge_prob=args.edge_prob, rewire_prob=args.rewire_prob,
+      directed=args.directed, edges_file=args.edges_file, expected_degree=args.expected_degree)
 
 
 def table(args) -> str:

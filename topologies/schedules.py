@@ -5,13 +5,26 @@ Decentralized Learning" (2025): sparse gossip throughout and one global merge (c
 W = 11^T / N) at the final round recovers server-based accuracy; spending the communication
 budget late (a dense window near the end) beats spending it early.
 
-* `final_merge`: the dense topology in the last round only.
-* `dense_window`: the dense topology in the last `window` rounds.
+* `final_merge`: the dense topology in the last round only (the reference's `truncate` with
+  point1 at the last round).
+* `dense_window`: the dense topology in `window` consecutive rounds, by default the last ones;
+  `start` places the window anywhere: a round index, or a fraction of the run in [0, 1) as
+  `point1` of the reference's `truncate_v2` (the window opens at the first round t with
+  t >= point1 * num_rounds), and the base topology resumes after it.
+
+Reference: github.com/Raiden-Zhu/ICLR-2026-Grokking-in-Decentralized-Learning, core/communication.py
+(`compute_r`: `truncate`, `truncate_v2`). Deviation: the reference sizes its window as a fraction
+of the run (`window_size`); here `window` counts rounds.
+
+In a schedule's dense rounds every algorithm mixes with the dense topology's own W (complete:
+W = 11^T / N, an exact average), also those with their own mixing rule on the base graph (gossip
+learning); algorithms that ignore the topology (fedavg, fedsam, modest) refuse a schedule.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Iterable
 
 from topologies.topology import Topology
@@ -68,16 +81,37 @@ def scheduled(base: Topology, dense: Topology, rounds: Iterable[int], *,
       schedule=schedule)
 
 
-def schedule_rounds(schedule: str, num_rounds: int | None, window: int) -> range:
-  """The dense rounds of a named schedule over a run of `num_rounds` rounds."""
+def window_start(start: float, num_rounds: int, window: int) -> int:
+  """The first dense round of a window placed at `start` (a round, or a fraction in [0, 1))."""
+  if start < 0 or (start >= 1 and start != int(start)):
+    raise ValueError(f"topology.schedule_start must be a round index (an integer >= 1) or a "
+                     f"fraction of the run in [0, 1), got {start}.")
+  # The first round t with t / num_rounds >= start (a little slack for 0.9 * 10 = 9.000...02).
+  first = int(start) if start >= 1 else math.ceil(start * num_rounds - 1e-9)
+  if first + window > num_rounds:
+    raise ValueError(f"topology.schedule_start={start} puts the dense window at rounds "
+                     f"{first}..{first + window - 1}, past the run's last round {num_rounds - 1}; "
+                     f"valid: schedule_start + schedule_window <= num_rounds={num_rounds}.")
+  return first
+
+
+def schedule_rounds(schedule: str, num_rounds: int | None, window: int,
+                    start: float | None = None) -> range:
+  """The dense rounds of a named schedule over a run of `num_rounds` rounds; `start` (dense_window
+  only): the window's first round, or its position as a fraction of the run; None: at the end."""
   if schedule not in SCHEDULES:
     raise ValueError(f"Unknown topology.schedule={schedule!r}; valid: {list(SCHEDULES)}.")
   if num_rounds is None or num_rounds < 1:
     raise ValueError(f"topology.schedule={schedule!r} needs the run's length: num_rounds >= 1 "
                      f"(the driver passes train.rounds), got {num_rounds}.")
+  if start is not None and schedule != "dense_window":
+    raise ValueError(f"topology.schedule_start={start} places a dense window, but "
+                     f"topology.schedule={schedule!r}; use schedule='dense_window' or leave "
+                     "schedule_start unset.")
   if schedule == "final_merge":
     return range(num_rounds - 1, num_rounds)
   if not 1 <= window <= num_rounds:
     raise ValueError(f"topology.schedule='dense_window' needs 1 <= schedule_window <= "
                      f"num_rounds={num_rounds}, got schedule_window={window}.")
-  return range(num_rounds - window, num_rounds)
+  first = num_rounds - window if start is None else window_start(start, num_rounds, window)
+  return range(first, first + window)

@@ -28,6 +28,9 @@ class Graph(NamedTuple):
   period: Optional[int] = None  # W_t = W_{t mod period}; None: static, or random every round
   width: Optional[int] = None  # known bound on nonzeros per row of W (self included)
   matrix: Optional[Callable[[int], np.ndarray]] = None
+  # W is row- but not column-stochastic by construction (e.g. random_pull): columns go unchecked
+  # without `directed=True`.
+  row_stochastic: bool = False
 
 
 def to_neighbors(W: np.ndarray, width: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ class BuildContext(NamedTuple):
   shard_sizes: np.ndarray  # [N] samples per node
   mixer: Optional[Callable] = None  # None: plain gossip; else e.g. variance-corrected mixing
   seed: int = 0  # for choices made when building (which nodes leave or fail in MoDeST)
+  merge_rounds: tuple = ()  # a schedule's dense rounds: mixed with the topology's W as given
 
 
 def _momentum(a, default: float) -> float:
@@ -96,7 +97,7 @@ def _fedavg(a, ctx: BuildContext) -> Algorithm:
   return fedavg(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=k,
                 batch_size=a.batch_size, client_fraction=a.client_fraction,
                 momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                num_steps_N=steps_N)
+                num_steps_N=steps_N, aggregation_weights=a.aggregation_weights)
 
 
 def _fedsam(a, ctx: BuildContext) -> Algorithm:
@@ -110,7 +111,9 @@ def _fedsam(a, ctx: BuildContext) -> Algorithm:
 def _gossip(a, ctx: BuildContext) -> Algorithm:
   return gossip_learning(ctx.loss_fn, lr=a.lr, local_steps=a.local_steps, batch_size=a.batch_size,
                          self_weight=a.self_weight, momentum=_momentum(a, 0.0),
-                         weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer)
+                         weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer,
+                         merge_rounds=ctx.merge_rounds,
+                         aggregation_weights=a.aggregation_weights)
 
 
 def _modest(a, ctx: BuildContext) -> Algorithm:
@@ -121,7 +124,8 @@ def _modest(a, ctx: BuildContext) -> Algorithm:
                 success_fraction=a.success_fraction,
                 membership=build_membership(ctx.num_nodes, a.membership, seed=ctx.seed),
                 momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                num_steps_N=steps_N)
+                num_steps_N=steps_N, min_models=a.min_models,
+                inactivity_rounds=a.inactivity_rounds)
 
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {

@@ -10,6 +10,11 @@ Only the m sampled clients are trained (one vmapped computation over the sample,
 nodes). The state keeps the node axis like every other algorithm: each row holds the model that
 node last received, which after a round is the global model for all of them.
 Symbols -> names: C = client_fraction, K = local_steps, eta = lr.
+
+`aggregation_weights="num_samples"`: x^{t+1} = sum_k (n_k / n) y_k with n_k the sampled client's
+shard size and n = sum_k n_k over the sample, McMahan et al.'s weighting as DisPFL's reference
+computes it (github.com/rong-dai/DisPFL, fedml_api/standalone/fedavg/fedavg_api.py `_aggregate`);
+"uniform" (the default) is the plain mean.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from dfl.execution import node_map
 from dfl.local import NodeData, make_local_sgd, make_optimizer
 
 PyTree = object
+AGGREGATION_WEIGHTS = ("uniform", "num_samples")
 SAMPLING_STREAM = 2**31 - 1  # fold_in tag of the client-sampling key, apart from node keys
 
 
@@ -36,11 +42,17 @@ def num_sampled(num_nodes: int, client_fraction: float) -> int:
 
 def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: float,
                    lr_decay: float = 1.0, optimizer=None,
-                   num_steps_N: Optional[jax.Array] = None) -> Algorithm:
+                   num_steps_N: Optional[jax.Array] = None,
+                   aggregation_weights: str = "uniform") -> Algorithm:
   """FedAvg's round structure for any local update (FedSAM plugs in a SAM local update).
 
   `num_steps_N`: optional per-node local step counts (local epochs over unequal shards).
+  `aggregation_weights`: "uniform" mean of the sampled clients' models, or "num_samples"
+  (weights n_k / sum of n over the sample).
   """
+  if aggregation_weights not in AGGREGATION_WEIGHTS:
+    raise ValueError(f"Unknown algorithm.aggregation_weights={aggregation_weights!r}; valid: "
+                     f"{list(AGGREGATION_WEIGHTS)}.")
   steps_N = None if num_steps_N is None else jnp.asarray(num_steps_N, jnp.int32)
   m = num_sampled(num_nodes, client_fraction)
 
@@ -64,7 +76,12 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
 
     in_axes = (0, NodeData(None, None, 0, 0), None if steps_M is None else 0)
     trained_M, loss_M = node_map(train_client, in_axes=in_axes)(keys_M, sample_data, steps_M)
-    new_global = jax.tree.map(lambda y: jnp.mean(y, axis=0), trained_M)
+    if aggregation_weights == "uniform":
+      new_global = jax.tree.map(lambda y: jnp.mean(y, axis=0), trained_M)
+    else:
+      n_M = sample_data.sizes.astype(jnp.float32)
+      p_M = n_M / jnp.sum(n_M)
+      new_global = jax.tree.map(lambda y: jnp.tensordot(p_M.astype(y.dtype), y, axes=1), trained_M)
     params_N = jax.tree.map(lambda g: jnp.broadcast_to(g, (num_nodes,) + g.shape), new_global)
     sampled_N = jnp.zeros(num_nodes, jnp.int32).at[clients_M].set(1)
     metrics = RoundMetrics(loss=loss_M.mean(), transfers=jnp.int32(2 * m),
@@ -77,9 +94,11 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
 def fedavg(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, batch_size: int,
            client_fraction: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0,
            lr_decay: float = 1.0, gradient: Optional[Callable] = None,
-           num_steps_N: Optional[jax.Array] = None) -> Algorithm:
+           num_steps_N: Optional[jax.Array] = None,
+           aggregation_weights: str = "uniform") -> Algorithm:
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
                              gradient=gradient)
   return server_average(local_sgd, num_nodes=num_nodes, client_fraction=client_fraction,
-                        lr_decay=lr_decay, optimizer=optimizer, num_steps_N=num_steps_N)
+                        lr_decay=lr_decay, optimizer=optimizer, num_steps_N=num_steps_N,
+                        aggregation_weights=aggregation_weights)

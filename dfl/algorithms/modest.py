@@ -8,15 +8,27 @@ order of the nodes it believes active, from (seed, k) alone. Round k:
      model x^k it received and runs K local SGD steps, giving y_j.
   2. Each participant sends y_j to the aggregators A_k = the first a responsive nodes of L_{k+1}
      (hence A_k = the first a nodes of S_{k+1}).
-  3. An aggregator averages uniformly the first ceil(sf * s) models to arrive,
+  3. An aggregator averages uniformly the first floor(sf * s) models to arrive (at least one),
      x^{k+1} = mean_j y_j; if fewer arrive (failures), it waits for its timeout and averages those
-     that did. If none arrived, the round is void: x^{k+1} = x^k (the aggregators forward the
-     round's starting model; a deployment would fetch it from the previous aggregators).
+     that did if they are at least `min_models` (3), else the round is void: x^{k+1} = x^k (the
+     aggregators forward the round's starting model; a deployment would fetch it from the
+     previous aggregators).
   4. The aggregators send x^{k+1} to the s nodes of S_{k+1}, which train in round k + 1.
 
-Nodes outside S_k and A_k neither train nor communicate.
+Nodes outside S_k and A_k neither train nor communicate. A node that fails stays in the candidate
+lists (nobody was told) and is probed in vain until it has been silent for `inactivity_rounds`
+(50) rounds: failing at round f, it last answered in round f - 1 and is dropped from L_{f+R} on.
 
-Symbols -> names: s = sample_size, a = aggregators, sf = success_fraction, K = local_steps
+Reference: github.com/devos50/decentralized-learning, accdfl/dfl/community.py
+(`has_enough_trained_models`: len >= floor(sample_size * success_fraction);
+`has_enough_trained_models_for_liveness`: >= 3 models on `on_aggregation_timeout`, else the
+aggregation is dropped), accdfl/core/peer_manager.py (`get_active_peers(round)`: peers last
+active at or after round - inactivity_threshold), accdfl/core/session_settings.py (DFLSettings
+defaults: success_fraction 1, inactivity_threshold 50), accdfl/dfl/sample_manager.py (the
+candidate list: peers ordered by md5(peer, round)).
+
+Symbols -> names: s = sample_size, a = aggregators, sf = success_fraction, K = local_steps,
+R = inactivity_rounds
 (or local epochs: per-node num_steps_N),
 L_k = `candidate_list(run_key, k)` (a permutation of all node ids; nodes not listed at round k
 are skipped), S_k and A_k = `first_qualifying(...)`; membership (join/leave/fail) =
@@ -32,7 +44,17 @@ form):
     listed (eligible) from round r + 1; a node leaving at round r is not listed from round r.
   * Arrival order at the aggregators is a random order of the participants (one order shared by
     the a aggregators: a slow participant is slow for all), so with sf < 1 a random
-    ceil(sf * s) of the delivered models count; the others were sent (and are counted) but dropped.
+    floor(sf * s) of the delivered models count; the others were sent (and are counted) but
+    dropped.
+  * A void round (fewer than floor(sf * s) and fewer than `min_models` models arrived) keeps
+    x^{k+1} = x^k and the next sample starts from it; the aggregators' downloads are still counted.
+    In the reference the dropped aggregation sends nothing and, with a = 1, the protocol stalls.
+  * Inactivity: "last heard from" is the last round a node answered, as if every node's silence
+    were seen by all (the reference merges population views carried with the models). The
+    reference also measures it for live nodes (the last message received from them), so there a
+    live node nobody contacted for 50 rounds drops out too; here only failed nodes are dropped.
+    The reference's simulation script (simulations/dfl/dfl_simulation.py) overrides the
+    threshold to 1000; 50 is its library default.
   * Communication per round: every delivered participant sends its model to each aggregator and
     each aggregator sends x^{k+1} to the nodes of S_{k+1}: 2 * s * a model transfers, less the
     deliveries a node would make to itself (an aggregator is in S_{k+1}, and may be in S_k).
@@ -103,7 +125,8 @@ def first_qualifying(order_N: jax.Array, listed_N: jax.Array, qualifies_N: jax.A
 def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size: int,
                   aggregators: int = 1, success_fraction: float = 1.0,
                   membership: Membership | None = None, lr_decay: float = 1.0,
-                  num_steps_N: jax.Array | None = None) -> Algorithm:
+                  num_steps_N: jax.Array | None = None, min_models: int = 3,
+                  inactivity_rounds: int = 50) -> Algorithm:
   """MoDeST's round structure for any local update.
 
   Args:
@@ -112,10 +135,14 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
     num_nodes: N, every node that ever takes part (see `dfl.membership`).
     sample_size: s, participants per round (fewer if fewer nodes respond).
     aggregators: a <= s, nodes that aggregate each round.
-    success_fraction: sf in (0, 1]; an aggregator proceeds with ceil(sf * s) models.
+    success_fraction: sf in (0, 1]; an aggregator proceeds with floor(sf * s) models (>= 1).
     membership: join/leave/fail rounds per node; None: every node active throughout.
     lr_decay: eta_t = eta * lr_decay**t.
     num_steps_N: optional per-node local step counts (one local epoch over unequal shards).
+    min_models: at the timeout (fewer than floor(sf * s) models arrived), aggregate only if at
+      least this many did; else the round is void.
+    inactivity_rounds: R, a failed node leaves the candidate lists after R silent rounds;
+      0: never (it is probed forever).
   """
   s, a = sample_size, aggregators
   steps_N = None if num_steps_N is None else jnp.asarray(num_steps_N, jnp.int32)
@@ -124,17 +151,25 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
                      f"aggregators={a}, sample_size={s}, num_nodes={num_nodes}.")
   if not 0 < success_fraction <= 1:
     raise ValueError(f"success_fraction must be in (0, 1], got {success_fraction}.")
-  quorum = math.ceil(success_fraction * s)
+  if not (isinstance(min_models, int) and min_models >= 1):
+    raise ValueError(f"algorithm.min_models must be an integer >= 1, got {min_models!r}.")
+  if not (isinstance(inactivity_rounds, int) and inactivity_rounds >= 0):
+    raise ValueError(f"algorithm.inactivity_rounds must be an integer >= 0 (0: never drop a "
+                     f"failed node), got {inactivity_rounds!r}.")
+  quorum = max(1, math.floor(success_fraction * s))  # the reference's floor; one arrival at least
   membership = membership or static_membership(num_nodes)
   if membership.num_nodes != num_nodes:
     raise ValueError(f"membership covers {membership.num_nodes} nodes, expected {num_nodes}.")
 
+  def listed(k):
+    return membership.candidates(k, inactivity_rounds)
+
   def samples(run_key, k):
     """(S_k, S_{k+1}): S_k drawn at round k - 1's end, S_{k+1} (and A_k) at round k's end."""
-    this = first_qualifying(candidate_list(run_key, k, num_nodes), membership.listed(k),
+    this = first_qualifying(candidate_list(run_key, k, num_nodes), listed(k),
                             membership.answers(jnp.maximum(k - 1, 0)), s)
     following = first_qualifying(candidate_list(run_key, k + 1, num_nodes),
-                                 membership.listed(k + 1), membership.answers(k), s)
+                                 listed(k + 1), membership.answers(k), s)
     return this, following
 
   def init(params_N):
@@ -166,10 +201,13 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
     in_axes = (0, 0, NodeData(None, None, 0, 0), None if steps_S is None else 0)
     trained_S, loss_S = node_map(train, in_axes=in_axes)(start_S, keys_S, shards_S, steps_S)
 
-    # Aggregation: the first `quorum` delivered models to arrive, else all that arrived.
+    # Aggregation: the first `quorum` delivered models to arrive; at the timeout all that arrived
+    # if they are at least `min_models`; else none (a void round).
     arrival_S = jax.random.uniform(jax.random.fold_in(inputs.key, ARRIVAL_STREAM), (s,))
     arrival_rank_S = jnp.argsort(jnp.argsort(jnp.where(delivered_S, arrival_S, 2.0)))
-    used_S = delivered_S & (arrival_rank_S < quorum)
+    arrived = jnp.sum(delivered_S)
+    used_S = delivered_S & jnp.where(arrived >= quorum, arrival_rank_S < quorum,
+                                     arrived >= min_models)
     used = jnp.sum(used_S)
 
     def average(y_S, previous):
@@ -224,11 +262,13 @@ def modest(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, ba
            sample_size: int = 10, aggregators: int = 1, success_fraction: float = 1.0,
            membership: Membership | None = None, momentum: float = 0.0,
            weight_decay: float = 0.0, lr_decay: float = 1.0,
-           num_steps_N: jax.Array | None = None) -> Algorithm:
+           num_steps_N: jax.Array | None = None, min_models: int = 3,
+           inactivity_rounds: int = 50) -> Algorithm:
   """MoDeST with K = local_steps steps of local SGD, or per-node `num_steps_N` (local epochs);
   see the module docstring."""
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size)
   return modest_rounds(local_sgd, optimizer, num_nodes=num_nodes, sample_size=sample_size,
                        aggregators=aggregators, success_fraction=success_fraction,
-                       membership=membership, lr_decay=lr_decay, num_steps_N=num_steps_N)
+                       membership=membership, lr_decay=lr_decay, num_steps_N=num_steps_N,
+                       min_models=min_models, inactivity_rounds=inactivity_rounds)

@@ -38,12 +38,16 @@ def get_config():
   c.topology.edge_prob = config_dict.placeholder(float)  # erdos_renyi p; None: 2 ln N / N
   c.topology.rewire_prob = 0.1  # small_world (Watts-Strogatz) rewiring probability
   c.topology.directed = False  # exponential/random_neighbors/from_edges: row-stochastic W
+  c.topology.expected_degree = 0.2  # random_pull: r, mean peers pulled per node per round
   c.topology.edges_file = ""  # from_edges: edge list ('i j [w]' lines, optional 'round t')
   # Schedules ("A Single Merging Suffices", Zhu et al. 2025): none | final_merge (last round
-  # on schedule_topology) | dense_window (last schedule_window rounds on it).
+  # on schedule_topology) | dense_window (schedule_window rounds on it, the last ones unless
+  # schedule_start says where). Gossip algorithms only (fedavg/fedsam/modest refuse one).
   c.topology.schedule = "none"
   c.topology.schedule_topology = "complete"  # complete = global merge (W = 11^T / N)
   c.topology.schedule_window = 1  # dense_window length in rounds
+  # dense_window's first round (>= 1), or a fraction of the run in [0, 1); None: at the end
+  c.topology.schedule_start = config_dict.placeholder(float)
   c.topology.num_rounds = config_dict.placeholder(int)  # schedule horizon; None: train.rounds
   c.topology.mixing_form = "auto"  # dense | sparse | auto (sparse when N > 64 and rows are sparse)
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
@@ -59,12 +63,16 @@ def get_config():
   c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm, else 0
   c.algorithm.weight_decay = 0.0
   c.algorithm.client_fraction = 0.1  # fedavg/fedsam: fraction of clients sampled per round
+  # fedavg/gossip: uniform | num_samples (models weighted by their shard sizes n_k)
+  c.algorithm.aggregation_weights = "uniform"
   c.algorithm.rho = 0.05  # dfedsam/dfedsam_mgs/fedsam: SAM radius (0 = plain SGD)
   c.algorithm.gossip_steps = config_dict.placeholder(int)  # Q; None: 4 for dfedsam_mgs, else 1
   c.algorithm.self_weight = 0.5  # gossip: β, weight on the own model vs. the neighbours' mean
   c.algorithm.sample_size = config_dict.placeholder(int)  # modest: s per round; None: min(10, N)
   c.algorithm.aggregators = 1  # modest: a, nodes that aggregate per round (a <= s)
-  c.algorithm.success_fraction = 1.0  # modest: sf, aggregate once ceil(sf * s) models arrived
+  c.algorithm.success_fraction = 1.0  # modest: sf, aggregate once floor(sf * s) models arrived
+  c.algorithm.min_models = 3  # modest: at the timeout, fewer arrivals than this void the round
+  c.algorithm.inactivity_rounds = 50  # modest: drop a failed node after R silent rounds (0: never)
   # modest: join/leave/fail events, "ROUND:EVENT:AMOUNT,..." e.g. "50:fail:0.8,30:join:10"
   # (AMOUNT: a count, or a fraction of the active nodes when written with a '.'; num_nodes
   # counts every node that ever takes part, joiners included). See dfl/membership.py.

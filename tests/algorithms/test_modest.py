@@ -1,6 +1,4 @@
 """MoDeST: decentralized sampling, aggregation under failures, exact reduction to FedAvg."""
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +9,7 @@ from dfl.algorithms.base import RoundInputs
 from dfl.algorithms.modest import candidate_list, first_qualifying, modest_rounds
 from dfl.engine import make_chunk_runner
 from dfl.local import NodeData
-from dfl.membership import build_membership
+from dfl.membership import build_membership, static_membership
 from dfl.experiment import build_experiment, mixing_operator
 from dfl.train import train_and_evaluate
 
@@ -98,18 +96,21 @@ def test_sample_depends_only_on_seed_and_round(tiny):
                                 np.concatenate([first.sent_N, second.sent_N]))
 
 
-@pytest.mark.parametrize("s, a", [(3, 1), (4, 2)])
-def test_per_node_transfers_match_the_protocol_under_churn(tiny, s, a):
+@pytest.mark.parametrize("s, a, inactivity", [(3, 1, 50), (4, 2, 50), (4, 2, 2)])
+def test_per_node_transfers_match_the_protocol_under_churn(tiny, s, a, inactivity):
   """The jitted round's per-node model transfers equal a plain-Python walk of the protocol
-  (who is sampled, who fails, who aggregates), for every round of a run with churn."""
-  n, rounds, schedule = 10, 12, "2:join:2,5:leave:1,9:fail:0.5"
+  (who is sampled, who fails, who aggregates), for every round of a run with churn; with
+  inactivity_rounds = 2 the nodes failing at round 6 are no candidates from round 8 on."""
+  n, rounds, schedule = 10, 12, "2:join:2,5:leave:1,6:fail:0.5"
   config = tiny(num_nodes=n, algorithm__name="modest", algorithm__sample_size=s,
-                algorithm__aggregators=a, algorithm__membership=schedule)
+                algorithm__aggregators=a, algorithm__membership=schedule,
+                algorithm__inactivity_rounds=inactivity)
   exp = build_experiment(config)
   _, metrics = _run(exp, rounds)
   from dfl.experiment import _MEMBERSHIP_STREAM, _seed
   membership = build_membership(n, schedule, seed=_seed(None, config.seed, _MEMBERSHIP_STREAM))
-  listed = lambda t: np.asarray(membership.listed(t))
+  failed_at = membership.failed_at.astype(np.int64)
+  listed = lambda t: np.asarray(membership.listed(t)) & ~(t >= failed_at + inactivity)
   answers = lambda t: np.asarray(membership.answers(t))
   for k in range(rounds):
     sample = _reference_selection(exp.train_key, k, listed(k), answers(max(k - 1, 0)), s)
@@ -132,12 +133,12 @@ def test_per_node_transfers_match_the_protocol_under_churn(tiny, s, a):
   assert (metrics.sent_N[:, 8:].sum(0) > 0).any()  # the joiners take part after joining
 
 
-def _marker_algorithm(n, s, sf, membership):
+def _marker_algorithm(n, s, sf, membership, **options):
   """A local update that adds 2**i to every weight of node i: the aggregate reveals who counted."""
   def local_sgd(params, opt_state, key, data, lr_scale, num_steps=None):
     return jax.tree.map(lambda p: p + data.sizes.astype(p.dtype), params), opt_state, 0.0
   algorithm = modest_rounds(local_sgd, optax.sgd(0.1), num_nodes=n, sample_size=s,
-                            success_fraction=sf, membership=membership)
+                            success_fraction=sf, membership=membership, **options)
   data = NodeData(jnp.zeros((1, 1)), jnp.zeros(1, jnp.int32), jnp.zeros((n, 1), jnp.int32),
                   2 ** jnp.arange(n, dtype=jnp.int32))
   return algorithm, data
@@ -148,21 +149,67 @@ def _round(algorithm, data, state, k, run_key):
   return jax.jit(algorithm.round)(state, inputs)
 
 
-def test_aggregate_uses_the_first_arrivals_or_whatever_arrived():
-  n, s = 8, 4
+@pytest.mark.parametrize("s, sf, expected", [(4, 0.6, 2), (5, 0.5, 2), (6, 0.75, 4), (4, 1.0, 4),
+                                             (3, 0.2, 1)])
+def test_aggregate_uses_the_first_floor_sf_s_arrivals(s, sf, expected):
+  """The reference proceeds once floor(s * sf) models arrived (ceil would take one more in the
+  first three cases); with s * sf < 1 the first arrival. No failures here."""
+  n = 8
   run_key = jax.random.key(2)
-  membership = build_membership(n, "1:fail:0.5", seed=0)
-  for sf, k in [(1.0, 0), (0.5, 0), (1.0, 1)]:
-    algorithm, data = _marker_algorithm(n, s, sf, membership)
-    state = algorithm.init({"w": jnp.zeros((n, 1))})
-    sample = _reference_selection(run_key, k, np.asarray(membership.listed(k)),
-                                  np.asarray(membership.answers(max(k - 1, 0))), s)
-    delivered = {j for j in sample if membership.active_at(k)[j]}
+  algorithm, data = _marker_algorithm(n, s, sf, static_membership(n))
+  state = algorithm.init({"w": jnp.zeros((n, 1))})
+  sample = set(_reference_selection(run_key, 0, np.ones(n, bool), np.ones(n, bool), s))
+  state, _ = _round(algorithm, data, state, 0, run_key)
+  total = int(round(float(state.round_model["w"][0, 0]) * expected))
+  used = {i for i in range(n) if total >> i & 1}
+  assert len(used) == expected and used <= sample, (used, sample)
+  assert total == sum(2 ** i for i in used)  # exactly the mean of `expected` markers
+
+
+@pytest.mark.parametrize("min_models", [3, 2])
+def test_timeout_aggregates_at_least_min_models_else_the_round_is_void(min_models):
+  """N = s = 6, sf = 1 (quorum 6), 4 nodes fail at round 2. Markers 2**i, all models start at 0:
+  round 0 and 1 aggregate all six (x = 63/6 = 10.5, then 21); from round 2 two models arrive:
+  fewer than 3 void the round (x stays 21), while min_models = 2 averages the two survivors a, b
+  (x = 21 + (2**a + 2**b) / 2, twice)."""
+  n = s = 6
+  membership = build_membership(n, "2:fail:4", seed=0)
+  survivors = np.flatnonzero(membership.failed_at == np.iinfo(np.int32).max)
+  assert len(survivors) == 2
+  algorithm, data = _marker_algorithm(n, s, 1.0, membership, min_models=min_models)
+  run_key = jax.random.key(0)
+  state = algorithm.init({"w": jnp.zeros((n, 1))})
+  x = []
+  for k in range(4):
     state, _ = _round(algorithm, data, state, k, run_key)
-    used_count = min(math.ceil(sf * s), len(delivered))
-    total = int(round(float(state.round_model["w"][0, 0]) * used_count))
-    used = {i for i in range(n) if total >> i & 1}
-    assert len(used) == used_count and used <= delivered, (sf, k, used, delivered)
+    x.append(float(state.round_model["w"][0, 0]))
+  half = sum(2.0 ** survivors) / 2
+  assert x == ([10.5, 21.0, 21.0, 21.0] if min_models == 3 else
+               [10.5, 21.0, 21.0 + half, 21.0 + 2 * half])
+
+
+@pytest.mark.parametrize("inactivity, expected", [(3, [144, 80, 80, 64, 64, 64]),
+                                                  (0, [144, 80, 80, 80, 80, 80])])
+def test_control_messages_with_and_without_inactivity_removal(inactivity, expected):
+  """N = s = a = 6, 2 nodes fail at round 1. Control messages = probes + replies: each delivering
+  participant probes the listed candidates up to the a-th that answers (all listed ones here) and
+  each aggregator up to the s-th. Round 0: 6 * (6 + 6) + 6 * (6 + 6) = 144. From round 1, 4
+  deliver and 4 answer among 6 listed: 4 * (6 + 4) * 2 = 80. With R = 3 the failed nodes leave the
+  lists from round 1 + 3 = 4, i.e. the candidates of round 4 that round 3 probes: 4 * (4 + 4) * 2
+  = 64; with R = 0 they are probed forever."""
+  n = 6
+  membership = build_membership(n, "1:fail:2", seed=0)
+  algorithm, data = _marker_algorithm(n, n, 1.0, membership, aggregators=n,
+                                      inactivity_rounds=inactivity)
+  algorithm = algorithm._replace(round=jax.jit(algorithm.round))
+  run_key = jax.random.key(3)
+  state = algorithm.init({"w": jnp.zeros((n, 1))})
+  control = []
+  for k in range(6):
+    inputs = RoundInputs(jnp.int32(k), jax.random.fold_in(run_key, k), None, data, run_key)
+    state, metrics = algorithm.round(state, inputs)
+    control.append(int(metrics.control_messages))
+  assert control == expected
 
 
 def test_round_without_arrivals_keeps_the_round_model():
@@ -208,3 +255,18 @@ def test_batched_seeds_equal_separate_runs(tiny, tmp_path):
     alone = train_and_evaluate(config, str(tmp_path / f"s{seed}"))
     assert summary["final_test_accuracy"] == alone["final_test_accuracy"]
     assert summary["comm_bytes"] == alone["comm_bytes"]
+
+
+def test_modest_fields_are_checked_and_refused_elsewhere(tiny):
+  from dfl.config_checks import validate_config
+  for override, message in [
+      ({"algorithm__name": "modest", "algorithm__min_models": 0},
+       "algorithm.min_models must be an integer >= 1, got 0"),
+      ({"algorithm__name": "modest", "algorithm__inactivity_rounds": -1},
+       "algorithm.inactivity_rounds must be an integer >= 0"),
+      ({"algorithm__name": "fedavg", "algorithm__min_models": 2},
+       "algorithm.min_models=2 is only used by algorithm.name='modest', not 'fedavg'"),
+      ({"algorithm__name": "dfedavg", "algorithm__inactivity_rounds": 10},
+       "algorithm.inactivity_rounds=10 is only used by algorithm.name='modest', not 'dfedavg'")]:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+      validate_config(tiny(**override))

@@ -15,6 +15,8 @@ CASES = [("ring", {}), ("torus", {}), ("star", {}), ("hypercube", {}), ("erdos_r
          ("small_world", {}), ("exponential", {"directed": True}), ("one_peer_exponential", {}),
          ("random_neighbors", {"num_rounds": 6}),
          ("random_neighbors", {"directed": True, "degree": 2}),
+         ("random_pull", {"expected_degree": 1.5}),
+         ("random_pull", {"num_rounds": 6, "schedule": "dense_window", "schedule_start": 2}),
          ("ring", {"num_rounds": 6, "schedule": "final_merge"})]
 
 

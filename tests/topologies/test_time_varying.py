@@ -117,3 +117,83 @@ def test_schedule_python_api_at_chosen_rounds():
   topology = topologies.scheduled(base, dense, [4, 2])
   assert topology.dense_rounds == (2, 4)
   assert topology.matrix(2) is dense.matrix() and topology.matrix(3) is base.matrix()
+
+
+def test_dense_window_at_a_chosen_round_or_fraction():
+  ring = topologies.make("ring", 8).matrix()
+  at_round = topologies.make("ring", 8, num_rounds=20, schedule="dense_window",
+                             schedule_window=3, schedule_start=5)
+  assert at_round.dense_rounds == (5, 6, 7)
+  np.testing.assert_array_equal(at_round.matrix(4), ring)
+  np.testing.assert_allclose(at_round.matrix(6), np.full((8, 8), 1 / 8), atol=1e-15)
+  np.testing.assert_array_equal(at_round.matrix(8), ring)  # the base graph resumes after it
+  # truncate_v2's point1 = 0.9 over 20 rounds: progress t / 20 >= 0.9 from t = 18 (not 19,
+  # though 0.9 * 20 is 18.000000000000004 in floating point).
+  fraction = topologies.make("ring", 8, num_rounds=20, schedule="dense_window",
+                             schedule_window=1, schedule_start=0.9)
+  assert fraction.dense_rounds == (18,)
+  assert topologies.make("ring", 8, num_rounds=20, schedule="dense_window", schedule_window=2,
+                         schedule_start=0.25).dense_rounds == (5, 6)
+  assert topologies.make("ring", 8, num_rounds=20, schedule="dense_window",
+                         schedule_start=0.0).dense_rounds == (0,)
+  with pytest.raises(ValueError, match=r"schedule_start=18 puts the dense window at rounds "
+                                       r"18..20, past the run's last round 19"):
+    topologies.make("ring", 8, num_rounds=20, schedule="dense_window", schedule_window=3,
+                    schedule_start=18)
+  with pytest.raises(ValueError, match=r"round index \(an integer >= 1\) or a fraction of the "
+                                       r"run in \[0, 1\), got 2.5"):
+    topologies.make("ring", 8, num_rounds=20, schedule="dense_window", schedule_start=2.5)
+  for schedule in ("none", "final_merge"):
+    with pytest.raises(ValueError, match=f"schedule_start=3 places a dense window, but "
+                                         f"topology.schedule='{schedule}'"):
+      topologies.make("ring", 8, num_rounds=20, schedule=schedule, schedule_start=3)
+
+
+def test_random_pull_pulls_r_peers_on_average_with_uniform_row_weights():
+  """r = 0.2 (the paper's figure 1): each node pulls one peer with probability 0.2, else none."""
+  n, rounds, r = 10, 2000, 0.2
+  topology = topologies.make("random_pull", n, seed=3, expected_degree=r)
+  assert topology.time_varying and topology.directed and topology.neighbor_width == 2
+  pulls = []
+  for t in range(rounds):
+    W = topology.matrix(t)
+    peers_N = ((W != 0) & ~np.eye(n, dtype=bool)).sum(axis=1)
+    assert set(peers_N) <= {0, 1}
+    for i in range(n):  # uniform over the node itself and its pulls
+      np.testing.assert_allclose(W[i][W[i] != 0], 1 / (1 + peers_N[i]), rtol=1e-12)
+      assert W[i, i] > 0
+    np.testing.assert_allclose(W.sum(axis=1), 1, rtol=1e-12)
+    pulls.append(peers_N)
+  pulls = np.array(pulls)
+  # mean of 20000 Bernoulli(0.2) draws: sd 0.0028
+  assert abs(pulls.mean() - r) < 0.012, pulls.mean()
+  assert abs(pulls[:, 0].mean() - r) < 0.04  # every node alike (sd 0.009 over 2000 rounds)
+  # Row- but not column-stochastic, accepted without directed=True.
+  props = topology.properties()
+  assert props["row_stochastic"] and not props["doubly_stochastic"]
+
+
+@pytest.mark.parametrize("r, whole", [(1.5, 1), (3.0, 3), (0.0, 0)])
+def test_random_pull_fractional_and_whole_expected_degrees(r, whole):
+  n, rounds = 8, 400
+  topology = topologies.make("random_pull", n, seed=0, expected_degree=r)
+  peers = np.array([((topology.matrix(t) != 0) & ~np.eye(n, dtype=bool)).sum(axis=1)
+                    for t in range(rounds)])
+  assert peers.min() >= whole and peers.max() <= int(np.ceil(r))  # floor(r) always, one more maybe
+  assert abs(peers.mean() - r) < 0.05
+  assert topology.neighbor_width == int(np.ceil(r)) + 1
+
+
+def test_random_pull_is_a_function_of_seed_and_round():
+  a = topologies.make("random_pull", 12, seed=7, expected_degree=1.3)
+  b = topologies.make("random_pull", 12, seed=7, expected_degree=1.3)
+  for t in (0, 5, 123):
+    np.testing.assert_array_equal(a.matrix(t), b.matrix(t))
+  np.testing.assert_array_equal(a.matrix(5), a.matrix(5))  # any order of calls: replayable
+  assert not np.array_equal(a.matrix(0), a.matrix(1))
+  assert not np.array_equal(a.matrix(0), topologies.make("random_pull", 12, seed=8,
+                                                         expected_degree=1.3).matrix(0))
+  for bad in (-0.1, 11.5):
+    with pytest.raises(ValueError, match=rf"'random_pull' needs 0 <= expected_degree <= "
+                                         rf"num_nodes - 1 = 11, got expected_degree={bad}"):
+      topologies.make("random_pull", 12, expected_degree=bad)
