@@ -15,6 +15,10 @@ class UserError(ValueError):
   """A bad config value, missing or malformed data, or an unusable workdir."""
 
 
+class MissingInputError(UserError, FileNotFoundError):
+  """A file or folder the config names does not exist (still a FileNotFoundError)."""
+
+
 @contextlib.contextmanager
 def user_input(*kinds: type[BaseException]) -> Iterator[None]:
   """Re-raises the given exception kinds (default ValueError and OSError) as UserError.
@@ -28,5 +32,6 @@ def user_input(*kinds: type[BaseException]) -> Iterator[None]:
   except UserError:
     raise
   except kinds as e:
-    raise UserError(str(e) if not isinstance(e, OSError) or not e.filename
-                    else f"{e.strerror or e}: {e.filename}") from None
+    message = (str(e) if not isinstance(e, OSError) or not e.filename
+               else f"{e.strerror or e}: {e.filename}")
+    raise (MissingInputError if isinstance(e, FileNotFoundError) else UserError)(message) from None
