@@ -87,6 +87,25 @@ def equal_client_size(num_samples: int, num_nodes: int) -> int:
   return int((share / np.sum(share) * num_samples).astype(int)[0])
 
 
+def draw_class(rng: np.random.Generator, prior_C: np.ndarray, cumsum_C: list,
+               left: list) -> int | None:
+  """A class for one sample: from prior_C, redrawn while the class is used up (left[c] == 0).
+
+  Redraws one by one as the reference does, up to MAX_CLASS_REDRAWS; then one draw from
+  prior_C restricted to the classes left, which is the distribution the redraws end in.
+  None if no class left has mass.
+  """
+  for _ in range(MAX_CLASS_REDRAWS):
+    c = bisect.bisect_left(cumsum_C, rng.random())  # first c with u <= cumsum[c]
+    c = 0 if c == len(cumsum_C) else c  # the reference's argmax of an all-False row
+    if left[c] > 0:
+      return c
+  mass_C = np.cumsum(prior_C * (np.asarray(left) > 0))
+  if not mass_C[-1] > 0:
+    return None
+  return int(np.searchsorted(mass_C, rng.random() * mass_C[-1], side="right"))
+
+
 def dirichlet_client(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *,
                      alpha: float, **_) -> list[np.ndarray]:
   if not alpha > 0:
@@ -107,19 +126,12 @@ def dirichlet_client(labels: np.ndarray, num_nodes: int, rng: np.random.Generato
     while room[node] <= 0:
       node = int(rng.integers(num_nodes))
     room[node] -= 1
-    for _ in range(MAX_CLASS_REDRAWS):
-      c = bisect.bisect_left(cumsum[node], rng.random())  # first c with u <= cumsum[c]
-      c = 0 if c == len(classes) else c  # the reference's argmax of an all-False row
-      if left[c] > 0:
-        break
-    else:  # what the redraws would end in: a draw from the prior over the classes left
-      mass_C = np.cumsum(priors_NxC[node] * (np.asarray(left) > 0))
-      if not mass_C[-1] > 0:
-        raise ValueError(
-            f"dirichlet_client partition (alpha={alpha}): node {node}'s class prior puts no mass "
-            "on the classes not yet used up, so it cannot be filled; raise data.alpha, lower "
-            "num_nodes or change the seed.")
-      c = int(np.searchsorted(mass_C, rng.random() * mass_C[-1], side="right"))
+    c = draw_class(rng, priors_NxC[node], cumsum[node], left)
+    if c is None:
+      raise ValueError(
+          f"dirichlet_client partition (alpha={alpha}): node {node}'s class prior puts no mass "
+          "on the classes not yet used up, so it cannot be filled; raise data.alpha, lower "
+          "num_nodes or change the seed.")
     left[c] -= 1
     parts[node].append(int(members[c][left[c]]))
   return [np.sort(np.asarray(p, np.int64)) for p in parts]
