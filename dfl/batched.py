@@ -116,6 +116,9 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
   if len(seeds) != len(workdirs) or len(set(seeds)) != len(seeds) or not seeds:
     raise ValueError(f"Need one workdir per distinct seed, got seeds={list(seeds)}, "
                      f"workdirs={list(workdirs)}.")
+  if config.eval.personal_test:  # each seed's splits follow its own partition; one evaluator
+    raise ValueError("eval.personal_test=True is not supported with --seeds (batched seeds share "
+                     "one evaluator); run the seeds one by one.")
   configs = []
   for seed in seeds:
     c = copy.deepcopy(config)

@@ -7,7 +7,8 @@ import math
 import topologies
 from dfl import execution, variance_correction
 from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
-from dfl.data import DATASETS
+from dfl.data import DATASETS, IMAGE_DATASETS
+from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
@@ -39,13 +40,20 @@ def validate_config(config) -> None:
            f"num_nodes must be an integer >= 2, got {config.num_nodes!r}.")
   _one_of("data.name", config.data.name, DATASETS)
   _one_of("data.partition", config.data.partition, PARTITIONS)
-  if config.data.partition == "dirichlet":
+  if config.data.partition in ("dirichlet", "dirichlet_client"):
     _require(config.data.alpha > 0, f"data.alpha must be > 0, got {config.data.alpha}.")
   if config.data.partition == "pathological":
     k, num_classes = config.data.classes_per_node, DATASETS[config.data.name][1]
     _require(isinstance(k, int) and 1 <= k <= num_classes,
              f"data.classes_per_node must be an integer in [1, {num_classes}] for "
              f"data.name={config.data.name!r}, got {k!r}.")
+  _one_of("data.augment", config.data.augment, AUGMENTATIONS)
+  if config.data.augment != "none":
+    _require(config.data.name in IMAGE_DATASETS,
+             f"data.augment={config.data.augment!r} needs an image dataset with H x W x C "
+             f"samples, got data.name={config.data.name!r}; valid: {sorted(IMAGE_DATASETS)}.")
+  _require(isinstance(config.eval.personal_test, bool),
+           f"eval.personal_test must be True or False, got {config.eval.personal_test!r}.")
   _one_of("model.name", config.model.name, MODELS)
   _one_of("model.conv", config.model.conv, CONV_IMPLS)
   _one_of("topology.name", config.topology.name, topologies.NAMES)

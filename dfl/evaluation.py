@@ -3,10 +3,18 @@
 The test set is cut into fixed-size batches (padded and masked) and scanned, so memory stays
 bounded; local models are evaluated with a vmap over the node axis on a fixed subset of the test
 set (`local_examples`, all of it by default when small) instead of a Python loop over nodes.
+
+Optionally (`personal_splits`, `eval.personal_test=True`) every node also has its own test set
+drawn with its training label proportions (dfl.data.partition.personal_test_split, after DisPFL's
+per-client test split); the two figures the DisPFL / DA-DPFL code reports are computed on them
+as it does (`_test_on_all_clients` in fedml_api/standalone/dpsgd/dpsgd_api.py of
+github.com/rong-dai/DisPFL): the mean over nodes of each node's accuracy, not the pooled
+accuracy. The splits are an index matrix [N, L] into the test set (padded, masked), gathered
+inside the jitted scan, and the nodes are lifted with the same node_map as the local models.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,18 +38,37 @@ def _batched(x: np.ndarray, y: np.ndarray, batch_size: int):
   return jnp.asarray(shape(xp)), jnp.asarray(shape(yp)), jnp.asarray(shape(mask))
 
 
+def _personal_batches(splits: list[np.ndarray], batch_size: int):
+  """Index and mask arrays [N, B, b] of the per-node test splits, padded to B*b columns."""
+  width = max(len(s) for s in splits)
+  batch_size = max(1, min(batch_size, width))
+  nb = -(-width // batch_size)
+  idx_NxL = np.zeros((len(splits), nb * batch_size), np.int32)
+  mask_NxL = np.zeros((len(splits), nb * batch_size), bool)
+  for i, s in enumerate(splits):
+    idx_NxL[i, :len(s)], mask_NxL[i, :len(s)] = s, True
+  shape = lambda a: a.reshape(len(splits), nb, batch_size)
+  return jnp.asarray(shape(idx_NxL)), jnp.asarray(shape(mask_NxL))
+
+
 def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *,
                    batch_size: int = 1000, local_examples: int = 0,
-                   execution_strategy: str = "auto") -> Callable:
+                   execution_strategy: str = "auto",
+                   personal_splits: Optional[list[np.ndarray]] = None) -> Callable:
   """Returns evaluate(params_N) -> dict of scalar device arrays.
 
   Keys: test_accuracy, test_loss (node-averaged model x̄ on the whole test set),
   test_accuracy_local_mean (mean over nodes of each node's accuracy on the first
   `local_examples` test samples; 0 = all), consensus_distance ((1/N) sum_i ||x_i - x̄||^2).
+  With `personal_splits` (one index array into the test set per node) also
+  test_accuracy_personal ((1/N) sum_i acc(x_i on split i), DisPFL's person_test_acc) and
+  test_accuracy_personal_global ((1/N) sum_i acc(x̄ on split i), its global_test_acc).
   """
   full = _batched(x_test, y_test, batch_size)
   n_local = len(y_test) if local_examples <= 0 else min(local_examples, len(y_test))
   local = _batched(x_test[:n_local], y_test[:n_local], max(1, batch_size // 4))
+  personal = (None if personal_splits is None else
+              _personal_batches(personal_splits, max(1, batch_size // 4)))
 
   def totals(params, xb, yb, mb):
     def body(acc, batch):
@@ -54,13 +81,29 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
     n = jnp.sum(mb)
     return correct / n, loss / n
 
+  def gathered_totals(params, idx_Bxb, mask_Bxb, x_flat, y_flat):
+    return totals(params, x_flat[idx_Bxb], y_flat[idx_Bxb], mask_Bxb)
+
   @jax.jit
-  def evaluate(params_N, full, local):
-    acc, loss = totals(node_mean(params_N), *full)
+  def evaluate(params_N, full, local, personal):
+    mean_params = node_mean(params_N)
+    acc, loss = totals(mean_params, *full)
     with execution.using(execution_strategy):
       local_acc_N, _ = execution.node_map(totals, in_axes=(0, None, None, None))(params_N, *local)
-    return {"test_accuracy": acc, "test_loss": loss,
-            "test_accuracy_local_mean": jnp.mean(local_acc_N),
-            "consensus_distance": consensus_distance(params_N)}
+    figures = {"test_accuracy": acc, "test_loss": loss,
+               "test_accuracy_local_mean": jnp.mean(local_acc_N),
+               "consensus_distance": consensus_distance(params_N)}
+    if personal is not None:
+      # The full set's padded batches, flattened, are the test set the split indices point into.
+      x_flat = full[0].reshape((-1,) + full[0].shape[2:])
+      y_flat = full[1].reshape(-1)
+      with execution.using(execution_strategy):
+        own_N, _ = execution.node_map(gathered_totals, in_axes=(0, 0, 0, None, None))(
+            params_N, *personal, x_flat, y_flat)
+        global_N, _ = execution.node_map(gathered_totals, in_axes=(None, 0, 0, None, None))(
+            mean_params, *personal, x_flat, y_flat)
+      figures["test_accuracy_personal"] = jnp.mean(own_N)
+      figures["test_accuracy_personal_global"] = jnp.mean(global_N)
+    return figures
 
-  return lambda params_N: evaluate(params_N, full, local)
+  return lambda params_N: evaluate(params_N, full, local, personal)

@@ -20,7 +20,8 @@ import topologies
 from dfl.algorithms import Algorithm, BuildContext, build_algorithm
 from dfl.config_checks import validate_config
 from dfl.data import Dataset, load_dataset
-from dfl.data.partition import pack_shards, partition
+from dfl.data.augment import black_pixel, make_augment
+from dfl.data.partition import class_counts, pack_shards, partition, personal_test_split
 from dfl.engine import make_chunk_runner
 from dfl.errors import UserError, user_input
 from dfl.evaluation import make_evaluator
@@ -32,7 +33,7 @@ from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
-_MEMBERSHIP_STREAM = 4
+_MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM = 4, 5
 
 
 @dataclasses.dataclass
@@ -51,6 +52,7 @@ class Experiment:
   model_bytes: int
   init_params: Any  # [N, ...]
   placement: NodePlacement  # the device mesh the node axis is sharded over
+  personal_splits: Any = None  # eval.personal_test: per-node index arrays into the test set
 
 
 def _seed(override, seed: int, stream: int) -> int:
@@ -129,17 +131,32 @@ def build_experiment(config) -> Experiment:
       lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),
       jax.random.fold_in(root, _INIT_STREAM))
   loss_fn = cross_entropy_loss(model)
+  augment = make_augment(config.data.augment, dataset.input_shape,
+                         pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
+  # BuildContext(augment=...) is applied to every local minibatch by dfl/local.py.
+  if augment is not None and "augment" not in BuildContext._fields:
+    raise ValueError(f"data.augment={config.data.augment!r} needs local training that applies "
+                     "it (BuildContext.augment), which this version lacks; use data.augment='none'.")
+  extra = {} if augment is None else {"augment": augment}
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
     algorithm = build_algorithm(config.algorithm, BuildContext(
         loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
-        seed=_seed(None, config.seed, _MEMBERSHIP_STREAM), merge_rounds=topology.dense_rounds))
+        seed=_seed(None, config.seed, _MEMBERSHIP_STREAM), merge_rounds=topology.dense_rounds,
+        **extra))
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
+  personal = None
+  if config.eval.personal_test:
+    personal = personal_test_split(
+        class_counts(dataset.y_train, shards, dataset.num_classes), dataset.y_test,
+        np.random.default_rng(_seed(None, config.seed, _PERSONAL_TEST_STREAM)))
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
                             local_examples=config.eval.local_examples,
-                            execution_strategy=config.train.execution)
+                            execution_strategy=config.train.execution,
+                            personal_splits=personal)
   return Experiment(config, dataset, shards, data, model, topology, algorithm,
                     placement.runner(make_chunk_runner(algorithm, config.train.execution)),
                     evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
-                    tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement)
+                    tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement,
+                    personal)

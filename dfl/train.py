@@ -75,9 +75,14 @@ def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm
   return evaluation_record(figures, round_done, train_loss, comm, wall)
 
 
+# Figures on the per-node test splits (eval.personal_test), in metrics.jsonl when enabled.
+PERSONAL_METRICS = ("test_accuracy_personal", "test_accuracy_personal_global")
+
+
 def make_summary(records: list[dict], rounds: int, wall: float) -> dict:
   """summary.json from the run's evaluation records."""
   final = records[-1]
+  personal = {f"final_{k}": final[k] for k in PERSONAL_METRICS if k in final}
   return {"final_test_accuracy": final["test_accuracy"],
           "final_test_accuracy_local_mean": final["test_accuracy_local_mean"],
           "best_test_accuracy": max(r["test_accuracy"] for r in records),
@@ -85,7 +90,7 @@ def make_summary(records: list[dict], rounds: int, wall: float) -> dict:
           "final_train_loss": final["train_loss"], "rounds": rounds,
           "comm_bytes": final["comm_bytes"], "comm_bytes_max_node": final["comm_bytes_max_node"],
           "comm_control_messages": final["comm_control_messages"],
-          "wall_seconds": round(wall, 3)}
+          "wall_seconds": round(wall, 3), **personal}
 
 
 def _before_merge(records: list, merge_start: int) -> dict:

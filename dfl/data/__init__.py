@@ -62,6 +62,10 @@ DATASETS: dict[str, tuple[Callable[[Optional[str]], tuple], int]] = {
 }
 
 
+# Datasets whose samples are H x W x C images (data.augment=crop_flip applies to them).
+IMAGE_DATASETS = frozenset({"digits", "mnist", "fashion_mnist", "cifar10", "cifar100"})
+
+
 def load_dataset(name: str, data_dir: Optional[str] = None) -> Dataset:
   if name not in DATASETS:
     raise ValueError(f"Unknown dataset data.name={name!r}; valid: {sorted(DATASETS)}.")

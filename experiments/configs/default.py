@@ -17,10 +17,13 @@ def get_config():
   c.data = config_dict.ConfigDict()
   c.data.name = "digits"  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100
   c.data.dir = ""  # root with one folder per dataset; empty = $DFL_DATA_DIR
-  c.data.partition = "dirichlet"  # iid | dirichlet | pathological
+  # iid | dirichlet (per class, Hsu et al.) | dirichlet_client (equal sizes, per-client prior,
+  # DisPFL / DA-DPFL) | pathological
+  c.data.partition = "dirichlet"
   c.data.alpha = 0.5  # Dirichlet concentration (smaller = more label skew)
   c.data.classes_per_node = 2  # pathological: k, every node holds exactly k classes (Path(k))
   c.data.seed = config_dict.placeholder(int)  # None: derived from seed
+  c.data.augment = "none"  # none | crop_flip (4-pixel padded random crop + flip, image data)
 
   c.model = config_dict.ConfigDict()
   c.model.name = "mlp"  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR)
@@ -103,6 +106,7 @@ def get_config():
   c.eval.every_rounds = 10  # also the number of rounds compiled into one host sync
   c.eval.batch_size = 1000
   c.eval.local_examples = 2000  # test samples for each node's own model (0 = all)
+  c.eval.personal_test = False  # also test on per-node splits with the train label mix
 
   c.logging = config_dict.ConfigDict()
   c.logging.tensorboard = False  # also write TensorBoard events to workdir/tensorboard/
