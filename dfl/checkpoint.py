@@ -43,6 +43,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -81,7 +82,8 @@ def _quiet_orbax(record) -> bool:
   return not _disk_full_text(record.getMessage())
 
 
-logging.get_absl_handler().addFilter(_quiet_orbax)
+# On the logger, not a handler: Orbax logs through absl's logger whichever handlers are set up.
+std_logging.getLogger("absl").addFilter(_quiet_orbax)
 
 
 def _orbax_leftover_unraisable(unraisable) -> bool:
@@ -106,6 +108,17 @@ def _silence_abandoned_operations() -> None:
   sys.unraisablehook = hook
   # "Task exception was never retrieved" for the sibling reads of the one that failed.
   std_logging.getLogger("asyncio").addFilter(lambda record: "/orbax/" not in record.getMessage())
+
+
+def _join_orbax_threads(timeout_s: float = 120.0) -> None:
+  """After a failed save: Orbax's threads for its other parts may still be writing (and failing);
+  wait for them, so that none is cut off or fails again at interpreter shutdown."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if (thread is not threading.current_thread() and thread.is_alive()
+        and type(thread).__module__.startswith("orbax.")):
+      # threading.Thread.join itself: Orbax's join re-raises the thread's error.
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
 class CheckpointError(RuntimeError):
@@ -381,6 +394,7 @@ class RunCheckpoints:
     self._in_flight = round_done
 
   def _raise_write_error(self, round_failed: Optional[int], error: Exception):
+    _join_orbax_threads()
     what = ("a checkpoint" if round_failed is None
             else f"the checkpoint of round {round_failed}")
     if is_disk_full(error):

@@ -350,7 +350,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir)
   except OSError as e:
     if checkpoint.is_disk_full(e):  # metrics.jsonl, summary.json, ...: say it in one line
-      what = os.path.basename(e.filename) if getattr(e, "filename", None) else "its outputs"
+      filename = getattr(e, "filename", None)
+      what = os.path.relpath(filename, workdir) if isinstance(filename, str) else "its outputs"
       raise checkpoint.disk_full_error(workdir, what) from None
     raise
   finally:
