@@ -14,6 +14,8 @@ each sample's random draw depends only on its position, so padding does not chan
 Checkpoints: each seed saves its slice of the state into its own workdir, in the format of its
 separate run, at the rounds that run would; an interrupted batch resumes from them (all seeds
 must be at the same round), and a seed can also be resumed on its own without --seeds.
+The batch holds every seed's workdir lock (dfl/workdir_lock.py) for its lifetime: all of them or
+none, taken before anything is written; a seed's workdir in use elsewhere stops the batch at once.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dfl import checkpoint
+from dfl import checkpoint, workdir_lock
 from dfl.algorithms.base import RoundInputs
 from dfl.local import NodeData
 from dfl.metric_writers import make_metric_writer
@@ -119,6 +121,18 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
   if config.eval.personal_test:  # each seed's splits follow its own partition; one evaluator
     raise ValueError("eval.personal_test=True is not supported with --seeds (batched seeds share "
                      "one evaluator); run the seeds one by one.")
+  if len({os.path.abspath(w) for w in workdirs}) != len(workdirs):
+    raise ValueError(f"Need a distinct workdir per seed, got workdirs={list(workdirs)}.")
+  with workdir_lock.hold(workdirs):
+    try:
+      return _train_and_evaluate_seeds(config, seeds, workdirs)
+    except OSError as e:
+      if checkpoint.is_disk_full(e):
+        raise checkpoint.disk_full_error(workdirs[0], "the outputs of the batched seeds") from None
+      raise
+
+
+def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[str]) -> list[dict]:
   configs = []
   for seed in seeds:
     c = copy.deepcopy(config)
@@ -221,11 +235,16 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
               f"Stopped by {signal.Signals(guard.signum).name} after round {done} of {rounds}; "
               f"each seed's checkpoint is in its workdir. Run the same command to resume "
               f"from round {done}."))
-  finally:
+  except BaseException:
     for w in writers:
       w.close()
     for ckpt in checkpoints:
-      ckpt.close()
+      ckpt.close(after_error=True)  # a failed save in flight must not hide this error
+    raise
+  for w in writers:
+    w.close()
+  for ckpt in checkpoints:
+    ckpt.close()
 
   wall = wall_offset + time.perf_counter() - start
   summaries = []

@@ -18,19 +18,32 @@ sees exactly the inputs it saw in the uninterrupted run.
 Safety: Orbax writes a step to a temporary directory and renames it when complete, and deletes
 old steps (beyond `max_to_keep`) only after a newer one is complete. A step that fails to
 restore (truncated files, checksum mismatch) is moved to `workdir/checkpoints_corrupt/` with a
-warning and the next older one is used; no checkpoint is ever deleted for being unreadable.
+one-line warning and the next older one is used; no checkpoint is ever deleted for being
+unreadable.
+
+Failures end in one line that says what happened, what was kept and what to do, raised as a
+CheckpointError: no readable checkpoint (NoReadableCheckpoint), a save that failed
+(CheckpointWriteError), a full disk or quota anywhere in the workdir (DiskFull: an OSError with
+ENOSPC/EDQUOT, or Orbax/TensorStore's RESOURCE_EXHAUSTED while writing). Orbax's own logging of
+failures that are reported this way is dropped, and so are the leftovers of reads and writes
+abandoned after one failed: its event loop is closed while others are still in flight, and
+TensorStore then prints "RuntimeError: Event loop is closed" for each, and the abandoned
+coroutines fail again at interpreter shutdown ("ImportError: sys.meta_path is None").
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging as std_logging
 import os
+import re
 import shutil
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -55,12 +68,136 @@ RESUMABLE_CHANGES = ("train.rounds", "eval.every_rounds", "eval.batch_size", "da
 RECOMPILING_CHANGES = ("eval.every_rounds", "mesh.", "train.execution", "model.conv")
 
 
+class _Quiet:
+  restoring = 0  # > 0 while restore() tries steps: it reports their failures itself
+
+
 def _quiet_orbax(record) -> bool:
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  """Orbax logs every stage of every save at INFO: keep its warnings and errors only, and not
+  those about failures that this module reports in one line itself."""
+  if "/orbax/" not in record.pathname:
+    return True
+  if _Quiet.restoring or record.levelno < std_logging.WARNING:
+    return False
+  if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+    return False
+  return not _disk_full_text(record.getMessage())
 
 
-# Orbax logs every stage of every save at INFO; keep its warnings and errors only.
-logging.get_absl_handler().addFilter(_quiet_orbax)
+# On the logger, not a handler: Orbax logs through absl's logger whichever handlers are set up.
+std_logging.getLogger("absl").addFilter(_quiet_orbax)
+
+
+def _orbax_leftover_unraisable(unraisable) -> bool:
+  """An error of an Orbax read or write abandoned after a failure, reported after the fact."""
+  if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+    return True  # TensorStore completing a read for a closed loop (object None)
+  code = getattr(unraisable.object, "cr_code", None)  # a coroutine finalized at shutdown
+  return code is not None and "/orbax/" in code.co_filename
+
+
+def _silence_abandoned_operations() -> None:
+  """Drops the after-the-fact reports of the reads and writes that Orbax leaves in flight when
+  one of them fails (they come from TensorStore's threads, so must be filtered in advance)."""
+  if getattr(sys.unraisablehook, "_dfl_filter", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable, previous=previous, leftover=_orbax_leftover_unraisable):
+    if not leftover(unraisable):
+      previous(unraisable)
+  hook._dfl_filter = True
+  sys.unraisablehook = hook
+  # "Task exception was never retrieved" for the sibling reads of the one that failed.
+  std_logging.getLogger("asyncio").addFilter(lambda record: "/orbax/" not in record.getMessage())
+
+
+def _join_orbax_threads(timeout_s: float = 120.0) -> None:
+  """After a failed save: Orbax's threads for its other parts may still be writing (and failing);
+  wait for them, so that none is cut off or fails again at interpreter shutdown."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if (thread is not threading.current_thread() and thread.is_alive()
+        and type(thread).__module__.startswith("orbax.")):
+      # threading.Thread.join itself: Orbax's join re-raises the thread's error.
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be read or written; the message says what was kept and what to do."""
+
+
+class NoReadableCheckpoint(CheckpointError):
+  """The workdir has checkpoints and none of them reads back intact."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """Saving a checkpoint failed (other than for a full disk)."""
+
+
+class DiskFull(CheckpointError):
+  """No space left (or quota exceeded) while the run wrote to its workdir."""
+
+
+def _disk_full_text(text: str) -> bool:
+  return ("No space left on device" in text or "Disk quota exceeded" in text
+          or "os_error_code='28'" in text
+          or ("RESOURCE_EXHAUSTED" in text and "writ" in text.lower()
+              and "Too many open files" not in text))
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """ENOSPC/EDQUOT anywhere in the error's chain, or TensorStore's RESOURCE_EXHAUSTED on a write
+  (how Orbax reports a full disk from its array writer)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if _disk_full_text(str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _reason(error: BaseException, width: int = 150) -> str:
+  """The error as one short line: the type and message of its root cause (Orbax wraps
+  TensorStore's errors), TensorStore's nested context and spec cut down to the innermost cause."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines()
+  text = (lines[0] if lines else "").split(" [tensorstore_spec")[0]
+  status = re.match(r"([A-Z_]{4,}): ", text)  # TensorStore: 'CODE: ctx "path": ... : cause'
+  if status:
+    text = f"{status.group(1)}: {text.rsplit(chr(34) + ': ', 1)[-1]}"
+  text = f"{type(error).__name__}: {text}".rstrip(": ")
+  return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def complete_rounds(workdir: str) -> list[int]:
+  """Rounds with a complete checkpoint in workdir (Orbax renames a step's folder to its number
+  only once it is whole)."""
+  try:
+    names = os.listdir(os.path.join(workdir, CHECKPOINT_DIR))
+  except OSError:
+    return []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
+def kept_and_next(workdir: str, exclude: Optional[int] = None) -> tuple[str, str]:
+  """('the checkpoint of round K' or 'no checkpoint', 'resume from round K' or 'start over')."""
+  rounds = [r for r in complete_rounds(workdir) if r != exclude]
+  if not rounds:
+    return "no checkpoint (none was complete yet)", "start it again from round 0"
+  return (f"the checkpoint of round {rounds[-1]} (the newest complete one)",
+          f"resume from round {rounds[-1]}")
+
+
+def disk_full_error(workdir: str, what: str, exclude: Optional[int] = None) -> DiskFull:
+  kept, then = kept_and_next(workdir, exclude)
+  return DiskFull(f"No space left on device (or quota exceeded) while writing {what} in "
+                  f"{workdir}. Kept: {kept}. Free space there (or move the workdir to a disk "
+                  f"with room) and run the same command again to {then}.")
 
 
 class ConfigMismatchError(UserError):
@@ -232,6 +369,8 @@ class RunCheckpoints:
         cleanup_tmp_directories=True)  # remove half-written steps of a killed run
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
+    self._in_flight: Optional[int] = None  # the round of an asynchronous save not yet waited on
+    _silence_abandoned_operations()
     if jax.process_count() > 1:
       _check_shared(self.directory)
 
@@ -242,10 +381,30 @@ class RunCheckpoints:
     return self._manager.latest_step()
 
   def save(self, round_done: int, state, meta: dict) -> None:
-    """Starts saving (in the background when async); the state may be donated right after."""
+    """Starts saving (in the background when async); the state may be donated right after.
+
+    Raises DiskFull or CheckpointWriteError, naming the round whose save failed (the previous
+    one's, which this waits for first, or this one's) and the checkpoint that was kept.
+    """
+    self.wait()
     meta = {**meta, "round": round_done, "state_checksum": state_checksum(state)}
-    self._manager.save(round_done, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    try:
+      self._manager.save(round_done, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # noqa: BLE001 -- reported in one line, see _raise_write_error
+      self._raise_write_error(round_done, e)
+    self._in_flight = round_done
+
+  def _raise_write_error(self, round_failed: Optional[int], error: Exception):
+    _join_orbax_threads()
+    what = ("a checkpoint" if round_failed is None
+            else f"the checkpoint of round {round_failed}")
+    if is_disk_full(error):
+      raise disk_full_error(self.workdir, what, exclude=round_failed) from None
+    kept, then = kept_and_next(self.workdir, exclude=round_failed)
+    raise CheckpointWriteError(
+        f"Could not write {what} to {self.directory} ({_reason(error)}). Kept: {kept}. Fix the "
+        f"cause and run the same command again to {then}.") from error
 
   def restore(self, like_state, check_meta: Callable[[dict], None]) -> Optional[Restored]:
     """Restores the newest checkpoint that reads back intact, or returns None if there is none.
@@ -257,6 +416,13 @@ class RunCheckpoints:
     """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
+    _Quiet.restoring += 1
+    try:
+      return self._restore(abstract, check_meta)
+    finally:
+      _Quiet.restoring -= 1
+
+  def _restore(self, abstract, check_meta: Callable[[dict], None]) -> Optional[Restored]:
     failures = []
     for step in reversed(self.rounds()):
       try:
@@ -275,24 +441,26 @@ class RunCheckpoints:
         failures.append((step, e))
         continue
       for bad, error in failures:
-        logging.warning("Checkpoint of round %d in %s is unreadable (%s: %.300s); moved it to "
-                        "%s and resumed from round %d instead.", bad, self.directory,
-                        type(error).__name__, error, CORRUPT_DIR, step)
-        print(f"warning: checkpoint of round {bad} is unreadable ({type(error).__name__}); "
-              f"moved to {CORRUPT_DIR}/, resuming from round {step}.", file=sys.stderr, flush=True)
-        self._move_aside(bad)
+        target = self._move_aside(bad)
+        print(f"warning: the checkpoint of round {bad} is unreadable ({_reason(error)}); moved "
+              f"it to {target} (kept for inspection) and resuming from round {step}.",
+              file=sys.stderr, flush=True)
       return Restored(step, state, meta)
     if failures:
-      listing = "\n  ".join(f"round {s}: {type(e).__name__}: {str(e)[:300]}" for s, e in failures)
-      raise RuntimeError(
-          f"No checkpoint in {self.directory} can be read back:\n  {listing}\nNothing was "
-          "deleted. Inspect them, or add --config.checkpoint.fresh=True to start over.")
+      rounds = ", ".join(str(s) for s, _ in failures)
+      raise NoReadableCheckpoint(
+          f"No checkpoint in {self.directory} can be read back (rounds {rounds}; the newest "
+          f"fails with {_reason(failures[0][1])}). Kept: all of them, "
+          "nothing was moved or deleted. Inspect them, or add --config.checkpoint.fresh=True to "
+          "discard them and start over.")
     return None
 
-  def _move_aside(self, step: int) -> None:
+  def _move_aside(self, step: int) -> str:
+    """Moves an unreadable step to CORRUPT_DIR; returns where it went."""
+    target_root = os.path.join(self.workdir, CORRUPT_DIR)
     if jax.process_index() != 0:  # multi-host: process 0 owns the directory
       self._manager.reload()
-      return
+      return os.path.join(target_root, str(step))
     target_root = os.path.join(self.workdir, CORRUPT_DIR)
     os.makedirs(target_root, exist_ok=True)
     target = os.path.join(target_root, str(step))
@@ -301,12 +469,36 @@ class RunCheckpoints:
       target, suffix = os.path.join(target_root, f"{step}.{suffix}"), suffix + 1
     shutil.move(os.path.join(self.directory, str(step)), target)
     self._manager.reload()
+    return target
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for a save in flight; raises DiskFull / CheckpointWriteError if it failed."""
+    in_flight, self._in_flight = self._in_flight, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._raise_write_error(in_flight, e)
 
-  def close(self) -> None:
-    self._manager.close()  # waits for a save in flight
+  def close(self, *, after_error: bool = False) -> None:
+    """Waits for a save in flight and stops Orbax's threads; call it on every exit path.
+
+    after_error: an exception is already on its way out; a failed save then adds one warning
+    line instead of replacing that exception.
+    """
+    try:
+      self.wait()
+    except CheckpointError as e:
+      if not after_error:
+        self._close_quietly()
+        raise
+      print(f"warning: {e}", file=sys.stderr, flush=True)
+    self._close_quietly()
+
+  def _close_quietly(self) -> None:
+    try:
+      self._manager.close()
+    except Exception:  # noqa: BLE001 -- the save's failure was reported by wait()
+      pass
 
 
 def discard_run(workdir: str, names: tuple[str, ...]) -> None:

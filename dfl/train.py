@@ -5,6 +5,8 @@ chunks of `eval.every_rounds` (one host sync per chunk), evaluating after each c
 checkpointing at chunk ends (dfl/checkpoint.py). Outputs in `workdir`:
 config.json, metrics.jsonl (one JSON object per evaluation), checkpoints/, summary.json at the
 end. Re-running the same command in the same workdir resumes from the newest checkpoint.
+A run holds the workdir's lock (dfl/workdir_lock.py) from before it writes anything there until
+it exits; a second run in the same workdir fails at once with WorkdirLocked.
 """
 from __future__ import annotations
 
@@ -20,12 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from dfl import checkpoint
+from dfl.config_checks import validate_config
 from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
 from dfl.metric_writers import TENSORBOARD_SUBDIR, MultiWriter, make_metric_writer
 from dfl.progress import progress_bar
-from dfl.sharding import is_main_process
+from dfl.sharding import initialize_distributed, is_main_process
+from dfl.workdir_lock import WorkdirLock, WorkdirLocked, read_holder
 
 class CommCounter:
   """Cumulative communication on the host (Python ints: no overflow on long runs)."""
@@ -309,18 +314,59 @@ def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
   return time.perf_counter() - start
 
 
+def lock_workdir(workdir: str) -> WorkdirLock | None:
+  """Takes the workdir's lock for this run; raises WorkdirLocked if another run holds it.
+
+  Multi-host: process 0 (the one that writes outputs) holds it for the whole job and tells the
+  others whether it got it, so that every process fails together instead of waiting on process
+  0 in the first collective. Returns the lock to release (None on the other processes).
+  """
+  lock, error = None, None
+  if is_main_process():
+    try:
+      lock = WorkdirLock(workdir).acquire()
+    except WorkdirLocked as e:
+      error = e
+  if jax.process_count() > 1:
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      error = WorkdirLocked(workdir, read_holder(workdir))
+  if error is not None:
+    raise error
+  return lock
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the experiment described by `config` in `workdir`, resuming what is already there.
 
   A workdir holding checkpoints of the same run (config equal up to checkpoint.RESUMABLE_CHANGES)
   continues from the newest readable one; one of a different run raises ConfigMismatchError
-  unless checkpoint.fresh discards it. Raises checkpoint.Preempted after SIGTERM/SIGINT (a
-  checkpoint is written first) and checkpoint.Diverged on non-finite loss or state.
+  unless checkpoint.fresh discards it. Raises WorkdirLocked at once if another live run holds
+  the workdir, checkpoint.Preempted after SIGTERM/SIGINT (a checkpoint is written first),
+  checkpoint.Diverged on non-finite loss or state, and a checkpoint.CheckpointError (DiskFull,
+  NoReadableCheckpoint, CheckpointWriteError) whose one-line message says what was kept.
   Returns the summary (also written to workdir/summary.json).
   """
+  validate_config(config)
+  initialize_distributed(config.mesh)  # before jax.process_index() is first asked
+  os.makedirs(workdir, exist_ok=True)
+  lock = lock_workdir(workdir)
+  try:
+    return _train_and_evaluate(config, workdir)
+  except OSError as e:
+    if checkpoint.is_disk_full(e):  # metrics.jsonl, summary.json, ...: say it in one line
+      filename = getattr(e, "filename", None)
+      what = os.path.relpath(filename, workdir) if isinstance(filename, str) else "its outputs"
+      raise checkpoint.disk_full_error(workdir, what) from None
+    raise
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   exp = build_experiment(config)
   main = is_main_process()  # multi-host: every process computes, only process 0 writes
-  os.makedirs(workdir, exist_ok=True)
   if config.checkpoint.fresh and main:
     checkpoint.discard_run(workdir, OUTPUTS)
   checkpoints = checkpoint.RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep,
@@ -336,8 +382,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    exp.model_bytes // 4)
     with checkpoint.PreemptionGuard() as guard:
       elapsed = _run_chunks(exp, progress, workdir, checkpoints, guard)
-  finally:
-    checkpoints.close()
+  except BaseException:
+    checkpoints.close(after_error=True)  # a failed save in flight must not hide this error
+    raise
+  checkpoints.close()
 
   rounds, records = config.train.rounds, progress.records
   summary = make_summary(records, rounds, progress.wall_offset + elapsed)

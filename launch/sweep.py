@@ -10,7 +10,9 @@ Axes come from the config file's get_sweep() (if any) and from --sweep (cartesia
 subprocess of its own, so a crash in one cannot take the others down. Run again to finish a
 sweep: runs with a summary.json are skipped, unfinished ones are started again in the same
 workdir (and resume there from their last checkpoint), failed ones are listed at the end with
-the tail of their log (ROOT/NAME/run.log).
+the tail of their log (ROOT/NAME/run.log). A run whose workdir lock is held by a live process
+(another sweep, or the same run started by hand or by a scheduler; dfl/workdir_lock.py) is not
+started again but reported as "running elsewhere", with its holder.
 
 For a cluster: `--emit=commands` prints the pending runs' commands, one per line;
 `--emit=slurm` writes ROOT/sweep.slurm, a SLURM job array with one task per pending run.
@@ -34,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from absl import app, flags
 from ml_collections import config_flags
 
+from dfl import workdir_lock
 from dfl.config_checks import validate_config
 from dfl.errors import UserError
 from launch import cli, sweep_spec
@@ -74,7 +77,9 @@ class Run:
 @dataclasses.dataclass
 class Outcome:
   run: Run
-  status: str  # done | failed | interrupted (stopped by the sweep; resumes) | not started
+  # done | failed | interrupted (stopped by the sweep; resumes) | not started | running elsewhere
+  # (its workdir is locked by a live process outside this sweep)
+  status: str
   seconds: float = 0.0
   returncode: int | None = None
   tail: str = ""
@@ -206,6 +211,9 @@ class Executor:
   def run_one(self, run: Run) -> Outcome:
     if self.stopping.is_set():
       return Outcome(run, "not started")
+    elsewhere = _running_elsewhere(run)
+    if elsewhere:  # before writing anything there (its run.log included)
+      return Outcome(run, "running elsewhere", tail=elsewhere)
     os.makedirs(run.workdir, exist_ok=True)
     log_path = os.path.join(run.workdir, LOG_NAME)
     start = time.perf_counter()
@@ -226,6 +234,9 @@ class Executor:
       return Outcome(run, "done", seconds, returncode)
     if self.stopping.is_set():  # stopped by us; exit 143 after its checkpoint
       return Outcome(run, "interrupted", seconds, returncode)
+    elsewhere = _running_elsewhere(run)
+    if elsewhere:  # another process took the lock between the check above and the start
+      return Outcome(run, "running elsewhere", seconds, returncode, elsewhere)
     return Outcome(run, "failed", seconds, returncode, _tail(log_path, offset))
 
   def stop(self) -> None:
@@ -257,6 +268,18 @@ class Executor:
     return outcomes
 
 
+def _running_elsewhere(run: Run) -> str:
+  """'' if no live process outside this sweep holds the lock of one of the run's workdirs, else
+  who holds it."""
+  held = []
+  for workdir in run.outputs:
+    holder = workdir_lock.locked_by_other(workdir)
+    if holder is not None:
+      held.append(f"{workdir} locked by pid {holder.get('pid', '?')} on "
+                  f"{holder.get('host', '?')} (started {holder.get('started', '?')})")
+  return "; ".join(held)
+
+
 def _progress_line(i: int, n: int, outcome: Outcome) -> str:
   line = f"[{i}/{n}] {outcome.status:<6} {outcome.seconds:7.1f}s  {outcome.run.name}"
   if outcome.status == "done":
@@ -265,6 +288,8 @@ def _progress_line(i: int, n: int, outcome: Outcome) -> str:
       with open(os.path.join(workdir, "summary.json")) as f:
         accuracy.append(json.load(f)["final_test_accuracy"])
     line += f"  final accuracy {sum(accuracy) / len(accuracy):.4f}"
+  elif outcome.status == "running elsewhere":
+    line += f"  ({outcome.tail})"
   else:
     line += f"  (exit {outcome.returncode}; log: {os.path.join(outcome.run.workdir, LOG_NAME)})"
   return line
@@ -291,7 +316,9 @@ def summarize(outcomes: list[Outcome], skipped: int, report=print) -> None:
   count = lambda s: sum(o.status == s for o in outcomes)
   report(f"\n{count('done')} done, {skipped} already finished (skipped), {count('failed')} failed"
          + (f", {count('interrupted')} interrupted" if count("interrupted") else "")
-         + (f", {count('not started')} not started" if count("not started") else ""))
+         + (f", {count('not started')} not started" if count("not started") else "")
+         + (f", {count('running elsewhere')} running elsewhere (not started again; run the sweep "
+            "again once they finish)" if count("running elsewhere") else ""))
   for o in outcomes:
     if o.status == "failed":
       report(f"\nFAILED {o.run.name} (exit {o.returncode}), log {os.path.join(o.run.workdir, LOG_NAME)}:")
