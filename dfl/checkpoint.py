@@ -53,7 +53,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dfl.errors import UserError
+from dfl.errors import RunFailure, UserError
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -123,7 +123,7 @@ def _join_orbax_threads(timeout_s: float = 120.0) -> None:
       threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunFailure):
   """A checkpoint could not be read or written; the message says what was kept and what to do."""
 
 
@@ -204,7 +204,7 @@ class ConfigMismatchError(UserError):
   """The workdir holds a run whose config differs in fields that matter."""
 
 
-class Diverged(FloatingPointError):
+class Diverged(RunFailure, FloatingPointError):
   """Non-finite loss or state; nothing of the offending chunk was saved."""
 
 

@@ -1,9 +1,12 @@
-"""The one exception type for problems with what the user asked for.
+"""The exceptions whose message is the whole story, printed without a traceback.
 
 A `UserError` says what was wrong with the config, the data or the workdir and what would be
-valid; the command-line entry points (launch/cli.py) print its message alone, without a
-traceback, and exit with status 2. Every other exception is a bug and keeps its traceback.
-It subclasses ValueError, so code that catches ValueError keeps working.
+valid; the command-line entry points (launch/cli.py) print its message alone and exit with
+status 2. It subclasses ValueError, so code that catches ValueError keeps working.
+A `RunFailure` is a run stopped by something outside the code (a full disk, checkpoints that
+no longer read back, a diverged loss); its message says what happened, what was kept and what
+to do, and the entry points exit with status 3. Every other exception is a bug and keeps its
+traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +16,10 @@ from typing import Iterator
 
 class UserError(ValueError):
   """A bad config value, missing or malformed data, or an unusable workdir."""
+
+
+class RunFailure(RuntimeError):
+  """A run stopped by its environment or its numbers, not by a bug (see the module docstring)."""
 
 
 class MissingInputError(UserError, FileNotFoundError):

@@ -34,6 +34,8 @@ import sys
 import time
 from typing import Iterator, Optional, Sequence
 
+from dfl.errors import UserError
+
 LOCK_NAME = ".lock"
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 _TRIES = 20  # x 50 ms while the holder has not written its record yet
@@ -44,7 +46,7 @@ def _describe(holder: dict) -> str:
           f"(started {holder.get('started', '?')})")
 
 
-class WorkdirLocked(ValueError):
+class WorkdirLocked(UserError):
   """Another live process holds the workdir's lock."""
 
   def __init__(self, workdir: str, holder: Optional[dict]):

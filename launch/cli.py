@@ -1,9 +1,11 @@
 """What every command-line entry point shares: flag parsing and the reporting of user errors.
 
-A user error (a `dfl.errors.UserError`, a flag absl cannot parse, a misspelt config field)
-prints one line, `error: <message>`, on stderr and exits with status 2. `--debug` (or the
-environment variable DFL_DEBUG=1) shows the full traceback instead. Any other exception is a
-bug and keeps its traceback.
+A user error (a `dfl.errors.UserError`, a flag absl cannot parse, a misspelt config field, a
+workdir that cannot be written) prints one line, `error: <message>`, on stderr and exits with
+status 2; a `dfl.errors.RunFailure` (full disk, unreadable checkpoints, divergence) prints its
+message the same way and exits with status 3. `--debug` (or the environment variable
+DFL_DEBUG=1) shows the full traceback instead. Any other exception is a bug and keeps its
+traceback (exit status 1).
 
     from launch import cli
     if __name__ == "__main__":
@@ -22,9 +24,10 @@ from typing import Callable, NoReturn, Optional
 
 from absl import app, flags
 
-from dfl.errors import UserError
+from dfl.errors import RunFailure, UserError
 
 USER_ERROR_EXIT = 2
+RUN_FAILURE_EXIT = 3
 # OSErrors that say the workdir or the disk cannot be written: the user's to fix, not a bug.
 _WORKDIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
                    errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
@@ -37,10 +40,10 @@ def debugging() -> bool:
   return bool(os.environ.get("DFL_DEBUG")) or ("--debug" in sys.argv)
 
 
-def fail(message: str) -> NoReturn:
-  """Prints a user error as one line and exits with status 2."""
+def fail(message: str, status: int = USER_ERROR_EXIT) -> NoReturn:
+  """Prints an error as one line and exits with `status` (2: a user error)."""
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(USER_ERROR_EXIT)
+  sys.exit(status)
 
 
 def _load_config_file(config_arg: str):
@@ -122,6 +125,10 @@ def run(main: Callable[[list[str]], None]) -> None:
       if debugging():
         raise
       fail(str(e))
+    except RunFailure as e:
+      if debugging():
+        raise
+      fail(str(e), RUN_FAILURE_EXIT)
     except OSError as e:
       if e.errno not in _WORKDIR_ERRNOS or debugging():
         raise

@@ -63,7 +63,7 @@ def stderr_lines(result) -> list[str]:
   """stderr without the progress bar (its redraws are separated by \r)."""
   assert "Traceback" not in result.stderr, result.stderr[-5000:]
   return [line for line in result.stderr.splitlines()
-          if line.strip() and not re.match(r"dfedavg/ring: +\d+%\|", line)]
+          if line.strip() and not re.match(r"dfedavg/ring: ( +\d+%\||round \d+/\d+)", line)]
 
 
 def garble_arrays(step_dir) -> int:
