@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import topologies
 from dfl import execution, variance_correction
-from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
+from dfl.algorithms import (ALGORITHMS, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
+                            USES_TOPOLOGY)
 from dfl.data import DATASETS
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
@@ -43,9 +44,21 @@ def validate_config(config) -> None:
   _one_of("algorithm.name", a.name, ALGORITHMS)
   _require(a.lr > 0, f"algorithm.lr must be > 0, got {a.lr}.")
   _require(0 < a.lr_decay <= 1, f"algorithm.lr_decay must be in (0, 1], got {a.lr_decay}.")
-  _require(a.local_steps >= 1, f"algorithm.local_steps must be >= 1, got {a.local_steps}.")
+  _require(a.local_steps is None or (isinstance(a.local_steps, int) and a.local_steps >= 1),
+           f"algorithm.local_steps must be an integer >= 1 or None (the algorithm's default: "
+           f"5, dpsgd 1), got {a.local_steps!r}.")
   _require(a.batch_size >= 1, f"algorithm.batch_size must be >= 1, got {a.batch_size}.")
   _require(a.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {a.weight_decay}.")
+  clip_norm = a.get("clip_norm")
+  _require(clip_norm is None or clip_norm > 0,
+           f"algorithm.clip_norm must be > 0 or None (no clipping), got {clip_norm}.")
+  keep = a.get("keep_optimizer_state", False)
+  _require(isinstance(keep, bool), f"algorithm.keep_optimizer_state must be True or False, got "
+           f"{keep!r}.")
+  _require(not keep or a.name in USES_KEEP_OPTIMIZER_STATE,
+           f"algorithm.keep_optimizer_state=True is only used by "
+           f"{sorted(USES_KEEP_OPTIMIZER_STATE)}, not algorithm.name={a.name!r} (dpsgd and "
+           f"gossip always keep it; fedavg, fedsam and modest restart it); leave it False.")
   _require(0 < a.client_fraction <= 1,
            f"algorithm.client_fraction must be in (0, 1], got {a.client_fraction}.")
   _require(a.rho >= 0, f"algorithm.rho (SAM radius) must be >= 0, got {a.rho}.")

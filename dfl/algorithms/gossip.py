@@ -55,12 +55,16 @@ def gossip_learning_mixing(mixing: Mixing, self_weight: float) -> Mixing:
 
 def gossip_learning(loss_fn: Callable, *, lr: float, local_steps: int, batch_size: int,
                     self_weight: float = 0.5, momentum: float = 0.0, weight_decay: float = 0.0,
-                    lr_decay: float = 1.0, mixer: Optional[Mixer] = None) -> Algorithm:
+                    lr_decay: float = 1.0, mixer: Optional[Mixer] = None,
+                    clip_norm: Optional[float] = None,
+                    augment: Optional[Callable] = None) -> Algorithm:
   """Gossip learning; `mixer` (one gossip step) defaults to plain averaging."""
   if not 0.0 <= self_weight < 1.0:
     raise ValueError(f"self_weight (β) must be in [0, 1), got {self_weight}; 1 would never gossip.")
-  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
-  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size)
+  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                             clip_norm=clip_norm)
+  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
+                             augment=augment)
   step = mixer or mix
   gossip_step = lambda mixing, params: step(gossip_learning_mixing(mixing, self_weight), params)
   return local_then_gossip(local_sgd, optimizer, reset_optimizer=False, lr_decay=lr_decay,
