@@ -20,9 +20,8 @@ the node, so rounds differ.
 Shapes are static: every batch has B lanes, and the lanes past the end of a short batch are
 masked: the loss and its gradient are the mean over the valid samples only (the loss takes a
 per-sample 0/1 mask, see `dfl.models.cross_entropy_loss`), as the short batch of a DataLoader.
-All of it runs on device, inside jit and vmap. Epoch 0's order is taken by `top_k` over the
-round's first K*B slots; a later epoch e can only be reached by a node with
-n <= B * floor((K - 1) / e), so only that many leading slots are shuffled for it.
+All of it runs on device, inside jit and vmap, with one `top_k` per node and round
+(`batch_stream`).
 
 Optional per-batch data augmentation: `augment(key, x_B) -> x_B`, applied to each step's
 minibatch with the key fold_in(fold_in(node_key, AUGMENT_STREAM), k) (a stream apart from the
@@ -44,6 +43,8 @@ GradientFn = Callable[[PyTree, jax.Array, jax.Array, jax.Array], tuple[jax.Array
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 AUGMENT_STREAM = 2**31 - 3  # fold_in tag of the augmentation keys, apart from the epoch keys
+MAX_EPOCHS = 254  # epochs one round may read: sort key exponents e + 1 stay below inf's 255
+_PADDING_KEY = 255 * 2**23  # the bit pattern of float32 +inf
 
 
 class NodeData(NamedTuple):
@@ -92,19 +93,24 @@ def shuffled_positions(key: jax.Array, size: jax.Array, width: int,
   return jax.lax.top_k(-sort_keys, count)[1]
 
 
-def _leading_order(key: jax.Array, size: jax.Array, width: int, used: int) -> jax.Array:
-  """`shuffled_positions(key, size, width)` for a node with size <= used <= width, computed on
-  the first `used` slots only (the same draws: threefry is counter-based when partitionable)."""
+def _uniform_prefix(key: jax.Array, width: int, used: int) -> jax.Array:
+  """uniform(key, (width,))[:used], drawing only `used` values where threefry allows it."""
   if not jax.config.jax_threefry_partitionable:
-    u = jax.random.uniform(key, (width,))[:used]
-  else:
-    u = jax.random.uniform(key, (used,))
-  return jnp.argsort(jnp.where(jnp.arange(used) < size, u, 2.0))
+    return jax.random.uniform(key, (width,))[:used]
+  return jax.random.uniform(key, (used,))
 
 
 def batch_stream(key: jax.Array, size: jax.Array, width: int, *, batch_size: int,
                  num_steps: int, max_epochs: Optional[int] = None) -> BatchStream:
   """The first `num_steps` batches of one node's round stream (module docstring).
+
+  Epoch e's order is `shuffled_positions(fold_in(key, e), size, width)`: the n valid slots
+  sorted by u_e = uniform(fold_in(key, e), (width,)), ties by slot. All epochs come from ONE
+  `top_k` over integer keys (e + 1) * 2^23 + u_e * 2^23 (exact: u has 23 random bits), so the
+  sorted keys are epoch 0's order, then epoch 1's, ...: the stream itself. Step k reads stream
+  positions e*n + j*B + [0, B) (e = k // ceil(n/B), j = k mod ceil(n/B)), all below K*B, so
+  only the K*B smallest keys are needed. Epoch e >= 1 is reached only when
+  n <= B * floor((K-1) / e), so only that many leading slots of it are keyed.
 
   Args:
     key: the node's key of the round; epoch e is shuffled with fold_in(key, e).
@@ -113,25 +119,39 @@ def batch_stream(key: jax.Array, size: jax.Array, width: int, *, batch_size: int
     batch_size: B.
     num_steps: K, the number of batches (static).
     max_epochs: a bound on the epochs any step that counts reads (local_epochs mode: E);
-      None: K, always enough. Steps past the bound (masked no-ops) repeat its last epoch.
+      None: K, always enough. Steps past the bound (masked no-ops) read arbitrary slots.
   """
   b, k_steps = batch_size, num_steps
   epochs = min(k_steps, max_epochs or k_steps)
-  first = min(width, k_steps * b)  # epoch 0 never reads past slot K*B
-  orders = [shuffled_positions(jax.random.fold_in(key, 0), size, width, first)]
-  for e in range(1, epochs):
-    used = min(width, b * ((k_steps - 1) // e))  # reached only if n <= B * floor((K-1) / e)
-    order = _leading_order(jax.random.fold_in(key, e), size, width, used)
-    orders.append(jnp.pad(order, (0, first - used)))
-  orders_PxC = jnp.stack(orders)
+  if epochs > MAX_EPOCHS:  # (e + 1) * 2^23 + rank must stay below the padding key
+    raise ValueError(f"A round reads at most {MAX_EPOCHS} epochs of a shard, but local_steps="
+                     f"{k_steps} (max_epochs={max_epochs}) may read {epochs}; use fewer local "
+                     f"steps or local_epochs.")
+  sort_keys, slots = [], []
+  for e in range(epochs):
+    used = width if e == 0 else min(width, b * ((k_steps - 1) // e))
+    u = _uniform_prefix(jax.random.fold_in(key, e), width, used)
+    ranks = (u * 2.0**23).astype(jnp.int32) + (e + 1) * 2**23  # u = m * 2^-23 exactly
+    sort_keys.append(jnp.where(jnp.arange(used) < size, ranks, _PADDING_KEY))
+    slots.append(jnp.arange(used, dtype=jnp.int32))
+  # As float32 bit patterns (exponent e + 1: normal, positive, ordered as the integers; the
+  # padding key is +inf), for XLA's fast float top_k.
+  sort_keys = jax.lax.bitcast_convert_type(jnp.concatenate(sort_keys), jnp.float32)
+  slots = jnp.concatenate(slots)
+  count = min(sort_keys.shape[0], k_steps * b)
+  if count < sort_keys.shape[0]:
+    order = jax.lax.top_k(-sort_keys, count)[1]  # ties: lower index first, as a stable sort
+  else:
+    order = jnp.argsort(sort_keys, stable=True)
+  stream = slots[order]
 
   batches = jnp.maximum((size + b - 1) // b, 1)  # ceil(n / B); >= 1 keeps k // batches defined
   k_K = jnp.arange(k_steps)
-  epoch_K = jnp.minimum(k_K // batches, epochs - 1).astype(jnp.int32)
+  epoch_K = (k_K // batches).astype(jnp.int32)
   pos_KxB = (k_K % batches)[:, None] * b + jnp.arange(b)[None, :]
   mask_KxB = pos_KxB < size
-  slots_KxB = orders_PxC[epoch_K[:, None], jnp.minimum(pos_KxB, first - 1)]
-  return BatchStream(slots_KxB.astype(jnp.int32), mask_KxB, epoch_K)
+  index_KxB = jnp.minimum(epoch_K[:, None] * size + pos_KxB, count - 1)
+  return BatchStream(stream[index_KxB], mask_KxB, epoch_K)
 
 
 def make_local_sgd(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
