@@ -26,6 +26,12 @@ All of it runs on device, inside jit and vmap, with one `top_k` per node and rou
 Optional per-batch data augmentation: `augment(key, x_B) -> x_B`, applied to each step's
 minibatch with the key fold_in(fold_in(node_key, AUGMENT_STREAM), k) (a stream apart from the
 shuffling keys).
+
+Deviations from the reference trainers: DisPFL keeps one DataLoader per client for the whole
+run (reshuffled every epoch), so its epochs are the same in distribution but not its random
+numbers; a round reads at most MAX_EPOCHS = 254 epochs of a shard (local_steps <= 254 when
+shards may be as small as one batch). Clipping is optax's clip_by_global_norm,
+g * min(1, c / ||g||); torch's clip_grad_norm_ scales by c / (||g|| + 1e-6).
 """
 from __future__ import annotations
 

@@ -86,6 +86,8 @@ def test_every_builder_augments_every_local_minibatch(name):
     (dict(clip_norm=0.0), "algorithm.clip_norm"),
     (dict(clip_norm=-1.0), "algorithm.clip_norm"),
     (dict(local_steps=0), "algorithm.local_steps"),
+    (dict(local_steps=300), "algorithm.local_steps"),
+    (dict(local_epochs=300), "algorithm.local_epochs"),
     (dict(name="fedavg", keep_optimizer_state=True), "algorithm.keep_optimizer_state"),
     (dict(name="dpsgd", keep_optimizer_state=True), "algorithm.keep_optimizer_state"),
 ])

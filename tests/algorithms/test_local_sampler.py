@@ -138,3 +138,12 @@ def test_masked_short_batch_gradient_is_the_mean_over_its_valid_samples():
   want_sam = jax.grad(plain_loss(model))(perturbed, x[valid], y[valid])
   for a, b in zip(jax.tree.leaves(g_sam), jax.tree.leaves(want_sam)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_one_sample_shard_reads_a_new_epoch_every_step_and_too_many_epochs_fail():
+  stream = batch_stream(jax.random.key(0), jnp.int32(1), 6, batch_size=4, num_steps=9)
+  assert np.asarray(stream.epoch).tolist() == list(range(9))
+  assert np.asarray(stream.mask).sum(axis=1).tolist() == [1] * 9
+  assert np.asarray(stream.slots)[:, 0].tolist() == [0] * 9
+  with pytest.raises(ValueError, match="local_steps=300"):
+    batch_stream(jax.random.key(0), jnp.int32(1), 6, batch_size=4, num_steps=300)
