@@ -6,10 +6,12 @@ import math
 
 import topologies
 from dfl import execution, variance_correction
-from dfl.algorithms import ALGORITHMS, USES_GOSSIP_STEPS, USES_TOPOLOGY
+from dfl.algorithms import (ALGORITHMS, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
+                            USES_TOPOLOGY)
 from dfl.data import DATASETS, IMAGE_DATASETS
 from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
+from dfl.local import MAX_EPOCHS
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
 from dfl.layers import CONV_IMPLS
@@ -65,15 +67,31 @@ def validate_config(config) -> None:
   _validate_schedule(config.topology, a.name, config.get("variance_correction"))
   _require(a.lr > 0, f"algorithm.lr must be > 0, got {a.lr}.")
   _require(0 < a.lr_decay <= 1, f"algorithm.lr_decay must be in (0, 1], got {a.lr_decay}.")
-  _require(a.local_steps >= 1, f"algorithm.local_steps must be >= 1, got {a.local_steps}.")
+  _require(a.local_steps is None or (isinstance(a.local_steps, int) and a.local_steps >= 1),
+           f"algorithm.local_steps must be an integer >= 1 or None (the algorithm's default: "
+           f"5, dpsgd 1), got {a.local_steps!r}.")
+  _require(a.local_epochs or a.local_steps is None or a.local_steps <= MAX_EPOCHS,
+           f"algorithm.local_steps={a.local_steps} may read more than {MAX_EPOCHS} epochs of a "
+           f"small shard in one round, more than the batch stream supports (dfl/local.py); "
+           f"use at most {MAX_EPOCHS}, or algorithm.local_epochs.")
   _require(a.batch_size >= 1, f"algorithm.batch_size must be >= 1, got {a.batch_size}.")
   _require(a.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {a.weight_decay}.")
+  clip_norm = a.get("clip_norm")
+  _require(clip_norm is None or clip_norm > 0,
+           f"algorithm.clip_norm must be > 0 or None (no clipping), got {clip_norm}.")
+  keep = a.get("keep_optimizer_state", False)
+  _require(isinstance(keep, bool), f"algorithm.keep_optimizer_state must be True or False, got "
+           f"{keep!r}.")
+  _require(not keep or a.name in USES_KEEP_OPTIMIZER_STATE,
+           f"algorithm.keep_optimizer_state=True is only used by "
+           f"{sorted(USES_KEEP_OPTIMIZER_STATE)}, not algorithm.name={a.name!r} (dpsgd and "
+           f"gossip always keep it; fedavg, fedsam and modest restart it); leave it False.")
   _require(0 < a.client_fraction <= 1,
            f"algorithm.client_fraction must be in (0, 1], got {a.client_fraction}.")
   _require(a.rho >= 0, f"algorithm.rho (SAM radius) must be >= 0, got {a.rho}.")
-  _require(isinstance(a.local_epochs, int) and a.local_epochs >= 0,
-           f"algorithm.local_epochs must be an integer >= 0 (0 = use local_steps), "
-           f"got {a.local_epochs!r}.")
+  _require(isinstance(a.local_epochs, int) and 0 <= a.local_epochs <= MAX_EPOCHS,
+           f"algorithm.local_epochs must be an integer in [0, {MAX_EPOCHS}] (0 = use "
+           f"local_steps), got {a.local_epochs!r}.")
   if a.gossip_steps is not None:
     _require(a.gossip_steps >= 1, f"algorithm.gossip_steps must be >= 1, got {a.gossip_steps}.")
     _require(a.gossip_steps == 1 or a.name in USES_GOSSIP_STEPS,

@@ -133,16 +133,11 @@ def build_experiment(config) -> Experiment:
   loss_fn = cross_entropy_loss(model)
   augment = make_augment(config.data.augment, dataset.input_shape,
                          pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
-  # BuildContext(augment=...) is applied to every local minibatch by dfl/local.py.
-  if augment is not None and "augment" not in BuildContext._fields:
-    raise ValueError(f"data.augment={config.data.augment!r} needs local training that applies "
-                     "it (BuildContext.augment), which this version lacks; use data.augment='none'.")
-  extra = {} if augment is None else {"augment": augment}
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
     algorithm = build_algorithm(config.algorithm, BuildContext(
         loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
         seed=_seed(None, config.seed, _MEMBERSHIP_STREAM), merge_rounds=topology.dense_rounds,
-        **extra))
+        augment=augment))  # applied to every local minibatch by dfl/local.py
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   personal = None
   if config.eval.personal_test:

@@ -99,8 +99,14 @@ def make_model(name: str, num_classes: int, **options) -> nn.Module:
 
 
 def cross_entropy_loss(model: nn.Module) -> Callable:
-  """loss(params, x, y) -> mean softmax cross-entropy of one node's minibatch."""
-  def loss(params, x, y):
+  """loss(params, x, y, mask=None) -> softmax cross-entropy of one node's minibatch, averaged
+  over the samples where the 0/1 `mask` [B] is 1 (all of them when None): the short last batch
+  of an epoch is padded to B lanes and its padding masked (`dfl.local`)."""
+  def loss(params, x, y, mask=None):
     logits = model.apply({"params": params}, x)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    if mask is None:
+      return jnp.mean(per_sample)
+    mask = mask.astype(per_sample.dtype)
+    return jnp.sum(per_sample * mask) / jnp.maximum(jnp.sum(mask), 1.0)
   return loss

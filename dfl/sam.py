@@ -1,9 +1,13 @@
 """Sharpness-aware minimisation gradient (Foret et al., "Sharpness-Aware Minimization for
 Efficiently Improving Generalization", ICLR 2021), as DFedSAM and FedSAM use it locally.
 
-On one minibatch xi:  g = grad F(y; xi);  delta = rho * g / (||g|| + eps) (||.|| the global L2
-norm over all parameters);  g_sam = grad F(y + delta; xi), the same minibatch.
+On one minibatch xi (with its 0/1 padding mask, `dfl.local`):  g = grad F(y; xi);
+delta = rho * g / (||g|| + eps) (||.|| the global L2 norm over all parameters);
+g_sam = grad F(y + delta; xi), the same minibatch and mask. Both gradients are of the masked
+mean loss, so a short last batch perturbs and steps along the mean over its valid samples.
 rho = 0 returns the plain gradient with one pass, so SAM with rho = 0 is SGD bit for bit.
+Gradient clipping (`make_optimizer(clip_norm=...)`) acts on g_sam, the gradient the optimizer
+receives; the perturbation uses the unclipped g.
 """
 from __future__ import annotations
 
@@ -16,16 +20,17 @@ NORM_EPS = 1e-12
 
 
 def sam_gradient(loss_fn: Callable, rho: float, eps: float = NORM_EPS) -> Callable:
-  """Returns gradient(params, x, y) -> (loss at params, SAM gradient) for `make_local_sgd`."""
+  """Returns gradient(params, x, y, mask) -> (loss at params, SAM gradient) for
+  `dfl.local.make_local_sgd`; `loss_fn(params, x, y, mask)` is the masked mean loss."""
   value_and_grad = jax.value_and_grad(loss_fn)
   if rho == 0:
     return value_and_grad
 
-  def gradient(params, x, y):
-    loss, g = value_and_grad(params, x, y)
+  def gradient(params, x, y, mask=None):
+    loss, g = value_and_grad(params, x, y, mask)
     scale = rho / (optax.global_norm(g) + eps)
     perturbed = jax.tree.map(lambda p, gi: p + scale * gi, params, g)
-    _, g_sam = value_and_grad(perturbed, x, y)
+    _, g_sam = value_and_grad(perturbed, x, y, mask)
     return loss, g_sam
 
   return gradient

@@ -53,7 +53,8 @@ def run_config(method: str, alpha: str, seed: int):
   c.data.dir = _DATA_DIR.value
   c.model.hidden = (_HIDDEN.value,)
   c.algorithm.name = method
-  c.algorithm.local_steps = _LOCAL_STEPS.value
+  # D-PSGD keeps its own default, one step per round (None), as in the README's table.
+  c.algorithm.local_steps = None if method == "dpsgd" else _LOCAL_STEPS.value
   c.algorithm.batch_size = _BATCH.value
   c.algorithm.lr = _LR.value
   c.algorithm.rho = _RHO.value

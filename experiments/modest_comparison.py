@@ -75,6 +75,8 @@ def make_config(args, dataset: str, algorithm: str, membership: str = ""):
   c.algorithm.aggregators = args.aggregators
   c.algorithm.client_fraction = args.sample_size / args.num_nodes
   c.algorithm.membership = membership
+  if algorithm == "dpsgd":
+    c.algorithm.local_steps = None  # D-PSGD's own default: one SGD step per round
   if algorithm in GOSSIP:
     c.topology.name = args.dpsgd_topology
     if args.dpsgd_degree > 0:

@@ -22,110 +22,124 @@ from dfl.membership import build_membership
 
 
 class BuildContext(NamedTuple):
-  loss_fn: Callable  # loss(params, x, y) for one node's minibatch
+  loss_fn: Callable  # loss(params, x, y, mask) for one node's minibatch (mean over valid lanes)
   num_nodes: int
   shard_sizes: np.ndarray  # [N] samples per node
   mixer: Optional[Callable] = None  # None: plain gossip; else e.g. variance-corrected mixing
   seed: int = 0  # for choices made when building (which nodes leave or fail in MoDeST)
   merge_rounds: tuple = ()  # a schedule's dense rounds: mixed with the topology's W as given
+  augment: Optional[Callable] = None  # augment(key, x_B) -> x_B on every local minibatch
+
+
+# algorithm.local_steps = None means the algorithm's own default K.
+DEFAULT_LOCAL_STEPS = 5
+DPSGD_LOCAL_STEPS = 1  # Lian et al.: one SGD step between gossips
+
+# Algorithms whose local optimizer state may be kept across rounds (algorithm.
+# keep_optimizer_state); dpsgd and gossip always keep it, the server algorithms never do.
+USES_KEEP_OPTIMIZER_STATE = {"dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs"}
+
+
+class LocalWork(NamedTuple):
+  local_steps: int  # K, the scan length
+  num_steps_N: Optional[np.ndarray]  # [N] per-node steps, or None when all take K
+  max_epochs: Optional[int]  # epochs a round reads at most (E in local_epochs mode), or None
 
 
 def _momentum(a, default: float) -> float:
   return default if a.momentum is None else float(a.momentum)
 
 
-def local_work(a, shard_sizes: np.ndarray) -> tuple[int, Optional[np.ndarray]]:
-  """(K, per-node steps or None): K = local_steps, or with E = local_epochs > 0 each node i takes
+def local_work(a, shard_sizes: np.ndarray, default_steps: int = DEFAULT_LOCAL_STEPS) -> LocalWork:
+  """K = local_steps (None: `default_steps`), or with E = local_epochs > 0 each node i takes
   E * ceil(n_i / batch_size) steps and K is their maximum (the scan length; shorter nodes mask)."""
   if not a.local_epochs:
-    return a.local_steps, None
+    return LocalWork(default_steps if a.local_steps is None else int(a.local_steps), None, None)
   steps_N = a.local_epochs * -(-np.asarray(shard_sizes, np.int64) // a.batch_size)
   if np.all(steps_N == steps_N[0]):  # equal shards: no masking needed
-    return int(steps_N[0]), None
-  return int(steps_N.max()), steps_N.astype(np.int32)
+    return LocalWork(int(steps_N[0]), None, int(a.local_epochs))
+  return LocalWork(int(steps_N.max()), steps_N.astype(np.int32), int(a.local_epochs))
+
+
+def _keep(a) -> bool:
+  return bool(a.get("keep_optimizer_state", False))
 
 
 def _gossip_steps(a, default: int) -> int:
   return default if a.gossip_steps is None else int(a.gossip_steps)
 
 
+def _local(a, ctx: BuildContext, default_steps: int = DEFAULT_LOCAL_STEPS) -> dict:
+  """Keyword arguments every local-update factory takes: the optimizer and the batch stream."""
+  work = local_work(a, ctx.shard_sizes, default_steps)
+  return dict(lr=a.lr, local_steps=work.local_steps, batch_size=a.batch_size,
+              weight_decay=a.weight_decay, lr_decay=a.lr_decay, clip_norm=a.get("clip_norm"),
+              augment=ctx.augment, num_steps_N=work.num_steps_N, max_epochs=work.max_epochs)
+
+
 def _dfedavg(a, ctx: BuildContext) -> Algorithm:
   if _momentum(a, 0.0) != 0.0:
     raise ValueError(f"algorithm.name='dfedavg' is plain local SGD but algorithm.momentum="
                      f"{a.momentum}; use algorithm.name='dfedavgm' for local momentum.")
-  k, steps_N = local_work(a, ctx.shard_sizes)
-  return dfedavg(ctx.loss_fn, lr=a.lr, local_steps=k, batch_size=a.batch_size,
-                 weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer,
-                 num_steps_N=steps_N)
+  return dfedavg(ctx.loss_fn, mixer=ctx.mixer, keep_optimizer_state=_keep(a),
+                 **_local(a, ctx))
 
 
 def _dfedavgm(a, ctx: BuildContext) -> Algorithm:
   momentum = _momentum(a, 0.9)
   if not 0.0 < momentum < 1.0:
     raise ValueError(f"algorithm.name='dfedavgm' needs 0 < algorithm.momentum < 1, got {momentum}.")
-  k, steps_N = local_work(a, ctx.shard_sizes)
-  return dfedavg(ctx.loss_fn, lr=a.lr, local_steps=k, batch_size=a.batch_size,
-                 momentum=momentum, weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                 mixer=ctx.mixer, num_steps_N=steps_N)
+  return dfedavg(ctx.loss_fn, momentum=momentum, mixer=ctx.mixer,
+                 keep_optimizer_state=_keep(a), **_local(a, ctx))
 
 
 def _dfedsam(a, ctx: BuildContext) -> Algorithm:
   if _gossip_steps(a, 1) != 1:
     raise ValueError(f"algorithm.name='dfedsam' gossips once per round but algorithm."
                      f"gossip_steps={a.gossip_steps}; use algorithm.name='dfedsam_mgs' for Q > 1.")
-  k, steps_N = local_work(a, ctx.shard_sizes)
-  return dfedsam(ctx.loss_fn, lr=a.lr, rho=a.rho, local_steps=k, batch_size=a.batch_size,
-                 momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                 mixer=ctx.mixer, num_steps_N=steps_N)
+  return dfedsam(ctx.loss_fn, rho=a.rho, momentum=_momentum(a, 0.0), mixer=ctx.mixer,
+                 keep_optimizer_state=_keep(a), **_local(a, ctx))
 
 
 def _dfedsam_mgs(a, ctx: BuildContext) -> Algorithm:
-  k, steps_N = local_work(a, ctx.shard_sizes)
-  return dfedsam_mgs(ctx.loss_fn, lr=a.lr, rho=a.rho, local_steps=k, batch_size=a.batch_size,
-                     gossip_steps=_gossip_steps(a, PAPER_GOSSIP_STEPS),
-                     momentum=_momentum(a, 0.0), weight_decay=a.weight_decay,
-                     lr_decay=a.lr_decay, mixer=ctx.mixer, num_steps_N=steps_N)
+  return dfedsam_mgs(ctx.loss_fn, rho=a.rho, gossip_steps=_gossip_steps(a, PAPER_GOSSIP_STEPS),
+                     momentum=_momentum(a, 0.0), mixer=ctx.mixer,
+                     keep_optimizer_state=_keep(a), **_local(a, ctx))
 
 
 def _dpsgd(a, ctx: BuildContext) -> Algorithm:
-  return dpsgd(ctx.loss_fn, lr=a.lr, batch_size=a.batch_size, momentum=_momentum(a, 0.0),
-               weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer)
+  return dpsgd(ctx.loss_fn, momentum=_momentum(a, 0.0), mixer=ctx.mixer,
+               **_local(a, ctx, DPSGD_LOCAL_STEPS))
 
 
 def _fedavg(a, ctx: BuildContext) -> Algorithm:
-  k, steps_N = local_work(a, ctx.shard_sizes)
-  return fedavg(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=k,
-                batch_size=a.batch_size, client_fraction=a.client_fraction,
-                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                num_steps_N=steps_N, aggregation_weights=a.aggregation_weights)
+  return fedavg(ctx.loss_fn, num_nodes=ctx.num_nodes, client_fraction=a.client_fraction,
+                momentum=_momentum(a, 0.0), aggregation_weights=a.aggregation_weights,
+                **_local(a, ctx))
 
 
 def _fedsam(a, ctx: BuildContext) -> Algorithm:
-  k, steps_N = local_work(a, ctx.shard_sizes)
-  return fedsam(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, rho=a.rho, local_steps=k,
-                batch_size=a.batch_size, client_fraction=a.client_fraction,
-                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                num_steps_N=steps_N)
+  return fedsam(ctx.loss_fn, num_nodes=ctx.num_nodes, rho=a.rho,
+                client_fraction=a.client_fraction, momentum=_momentum(a, 0.0), **_local(a, ctx))
 
 
 def _gossip(a, ctx: BuildContext) -> Algorithm:
-  return gossip_learning(ctx.loss_fn, lr=a.lr, local_steps=a.local_steps, batch_size=a.batch_size,
+  k = DEFAULT_LOCAL_STEPS if a.local_steps is None else int(a.local_steps)
+  return gossip_learning(ctx.loss_fn, lr=a.lr, local_steps=k, batch_size=a.batch_size,
                          self_weight=a.self_weight, momentum=_momentum(a, 0.0),
                          weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer,
                          merge_rounds=ctx.merge_rounds,
-                         aggregation_weights=a.aggregation_weights)
+                         aggregation_weights=a.aggregation_weights,
+                         clip_norm=a.get("clip_norm"), augment=ctx.augment)
 
 
 def _modest(a, ctx: BuildContext) -> Algorithm:
   sample_size = min(10, ctx.num_nodes) if a.sample_size is None else a.sample_size  # paper: 10
-  k, steps_N = local_work(a, ctx.shard_sizes)
-  return modest(ctx.loss_fn, num_nodes=ctx.num_nodes, lr=a.lr, local_steps=k,
-                batch_size=a.batch_size, sample_size=sample_size, aggregators=a.aggregators,
-                success_fraction=a.success_fraction,
+  return modest(ctx.loss_fn, num_nodes=ctx.num_nodes, sample_size=sample_size,
+                aggregators=a.aggregators, success_fraction=a.success_fraction,
                 membership=build_membership(ctx.num_nodes, a.membership, seed=ctx.seed),
-                momentum=_momentum(a, 0.0), weight_decay=a.weight_decay, lr_decay=a.lr_decay,
-                num_steps_N=steps_N, min_models=a.min_models,
-                inactivity_rounds=a.inactivity_rounds)
+                momentum=_momentum(a, 0.0), min_models=a.min_models,
+                inactivity_rounds=a.inactivity_rounds, **_local(a, ctx))
 
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
@@ -155,4 +169,5 @@ def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
 
 
 __all__ = ["Algorithm", "RoundInputs", "RoundMetrics", "BuildContext", "ALGORITHMS",
-           "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "build_algorithm", "local_work"]
+           "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
+           "build_algorithm", "local_work"]

@@ -19,6 +19,7 @@ import jax
 from dfl.algorithms.base import Algorithm
 from dfl.algorithms.dfedsam import dfedsam
 from dfl.algorithms.local_then_gossip import Mixer
+from dfl.local import AugmentFn
 
 PAPER_GOSSIP_STEPS = 4  # Q of the paper's main experiments
 
@@ -26,7 +27,9 @@ PAPER_GOSSIP_STEPS = 4  # Q of the paper's main experiments
 def dfedsam_mgs(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, batch_size: int,
                 gossip_steps: int = PAPER_GOSSIP_STEPS, momentum: float = 0.0,
                 weight_decay: float = 0.0, lr_decay: float = 1.0, mixer: Optional[Mixer] = None,
-                num_steps_N: Optional[jax.Array] = None) -> Algorithm:
+                num_steps_N: Optional[jax.Array] = None, keep_optimizer_state: bool = False,
+                clip_norm: Optional[float] = None, augment: Optional[AugmentFn] = None,
+                max_epochs: Optional[int] = None) -> Algorithm:
   """Builds DFedSAM-MGS: DFedSAM's local SAM phase, then Q = `gossip_steps` gossip steps.
 
   Arguments as in `dfl.algorithms.dfedsam.dfedsam`; `gossip_steps` must be >= 1.
@@ -35,4 +38,6 @@ def dfedsam_mgs(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, b
     raise ValueError(f"DFedSAM-MGS needs gossip_steps (Q) >= 1, got {gossip_steps}.")
   return dfedsam(loss_fn, lr=lr, rho=rho, local_steps=local_steps, batch_size=batch_size,
                  gossip_steps=gossip_steps, momentum=momentum, weight_decay=weight_decay,
-                 lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N)
+                 lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N,
+                 keep_optimizer_state=keep_optimizer_state, clip_norm=clip_norm, augment=augment,
+                 max_epochs=max_epochs)

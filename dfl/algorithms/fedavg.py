@@ -94,11 +94,13 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
 def fedavg(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, batch_size: int,
            client_fraction: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0,
            lr_decay: float = 1.0, gradient: Optional[Callable] = None,
-           num_steps_N: Optional[jax.Array] = None,
+           num_steps_N: Optional[jax.Array] = None, clip_norm: Optional[float] = None,
+           augment: Optional[Callable] = None, max_epochs: Optional[int] = None,
            aggregation_weights: str = "uniform") -> Algorithm:
-  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
+  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                             clip_norm=clip_norm)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
-                             gradient=gradient)
+                             gradient=gradient, augment=augment, max_epochs=max_epochs)
   return server_average(local_sgd, num_nodes=num_nodes, client_fraction=client_fraction,
                         lr_decay=lr_decay, optimizer=optimizer, num_steps_N=num_steps_N,
                         aggregation_weights=aggregation_weights)

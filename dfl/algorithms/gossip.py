@@ -95,21 +95,26 @@ def gossip_learning(loss_fn: Callable, *, lr: float, local_steps: int, batch_siz
                     self_weight: float = 0.5, momentum: float = 0.0, weight_decay: float = 0.0,
                     lr_decay: float = 1.0, mixer: Optional[Mixer] = None,
                     merge_rounds: Sequence[int] = (),
-                    aggregation_weights: str = "uniform") -> Algorithm:
+                    aggregation_weights: str = "uniform", clip_norm: Optional[float] = None,
+                    augment: Optional[Callable] = None) -> Algorithm:
   """Gossip learning; `mixer` (one gossip step) defaults to plain averaging.
 
   Args:
     merge_rounds: rounds mixed with the topology's W as given (a schedule's dense rounds).
     aggregation_weights: "uniform" (the paper) or "num_samples" (received models weighted by
       their shard sizes, `RoundInputs.data.sizes`).
+    clip_norm: clip each local gradient to this global L2 norm (None: no clipping).
+    augment: augment(key, x_B) -> x_B applied to every local minibatch (None: none).
   """
   if not 0.0 <= self_weight < 1.0:
     raise ValueError(f"self_weight (β) must be in [0, 1), got {self_weight}; 1 would never gossip.")
   if aggregation_weights not in AGGREGATION_WEIGHTS:
     raise ValueError(f"Unknown algorithm.aggregation_weights={aggregation_weights!r}; valid: "
                      f"{list(AGGREGATION_WEIGHTS)}.")
-  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
-  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size)
+  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                             clip_norm=clip_norm)
+  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
+                             augment=augment)
   step = mixer or mix
   merge_R = tuple(sorted(set(int(t) for t in merge_rounds)))
   # The round's effective W is chosen in round_fn below; the gossip step mixes with it as is.

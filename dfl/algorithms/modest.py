@@ -263,11 +263,14 @@ def modest(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, ba
            membership: Membership | None = None, momentum: float = 0.0,
            weight_decay: float = 0.0, lr_decay: float = 1.0,
            num_steps_N: jax.Array | None = None, min_models: int = 3,
-           inactivity_rounds: int = 50) -> Algorithm:
+           inactivity_rounds: int = 50, clip_norm: float | None = None,
+           augment: Callable | None = None, max_epochs: int | None = None) -> Algorithm:
   """MoDeST with K = local_steps steps of local SGD, or per-node `num_steps_N` (local epochs);
   see the module docstring."""
-  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay)
-  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size)
+  optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                             clip_norm=clip_norm)
+  local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
+                             augment=augment, max_epochs=max_epochs)
   return modest_rounds(local_sgd, optimizer, num_nodes=num_nodes, sample_size=sample_size,
                        aggregators=aggregators, success_fraction=success_fraction,
                        membership=membership, lr_decay=lr_decay, num_steps_N=num_steps_N,

@@ -60,11 +60,15 @@ def get_config():
   c.algorithm.name = "dfedavg"
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t
-  c.algorithm.local_steps = 5  # K (used when local_epochs = 0; dpsgd always takes 1)
+  # K local steps per round (used when local_epochs = 0); None: 5, or 1 for dpsgd.
+  c.algorithm.local_steps = config_dict.placeholder(int)
   c.algorithm.local_epochs = 0  # E > 0: node i takes E * ceil(shard_i / batch_size) steps
   c.algorithm.batch_size = 32
   c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm, else 0
   c.algorithm.weight_decay = 0.0
+  c.algorithm.clip_norm = config_dict.placeholder(float)  # gradient global-norm clip (DisPFL: 10)
+  # dfedavg/dfedavgm/dfedsam/dfedsam_mgs: carry each node's momentum across rounds (False: reset)
+  c.algorithm.keep_optimizer_state = False
   c.algorithm.client_fraction = 0.1  # fedavg/fedsam: fraction of clients sampled per round
   # fedavg/gossip: uniform | num_samples (models weighted by their shard sizes n_k)
   c.algorithm.aggregation_weights = "uniform"

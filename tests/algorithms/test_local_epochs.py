@@ -14,12 +14,15 @@ from tests.algorithms._tiny import N, tiny_problem
 
 def test_local_work_counts_steps_per_node():
   a = config_dict.ConfigDict({"local_steps": 5, "local_epochs": 2, "batch_size": 4})
-  k, steps_N = local_work(a, np.array([12, 7, 5, 12]))
-  assert k == 6 and steps_N.tolist() == [6, 4, 4, 6]
-  k, steps_N = local_work(a, np.array([8, 8, 8, 8]))
-  assert k == 4 and steps_N is None  # equal shards: no masking
+  k, steps_N, epochs = local_work(a, np.array([12, 7, 5, 12]))
+  assert k == 6 and steps_N.tolist() == [6, 4, 4, 6] and epochs == 2
+  k, steps_N, epochs = local_work(a, np.array([8, 8, 8, 8]))
+  assert k == 4 and steps_N is None and epochs == 2  # equal shards: no masking
   a.local_epochs = 0
-  assert local_work(a, np.array([12, 7])) == (5, None)
+  assert local_work(a, np.array([12, 7])) == (5, None, None)
+  a.local_steps = None  # the algorithm's default
+  assert local_work(a, np.array([12, 7])) == (5, None, None)
+  assert local_work(a, np.array([12, 7]), default_steps=1) == (1, None, None)
 
 
 def test_masked_nodes_equal_their_own_unmasked_runs():

@@ -253,7 +253,10 @@ def test_batched_seeds_equal_separate_runs(tiny, tmp_path):
   for seed, summary in zip((0, 1), batched):
     config.seed = seed
     alone = train_and_evaluate(config, str(tmp_path / f"s{seed}"))
-    assert summary["final_test_accuracy"] == alone["final_test_accuracy"]
+    # Equal correct counts; the evaluator's count / n may round 1 ulp apart under the seed
+    # vmap (seen: 80/359), so compare to float32 resolution.
+    np.testing.assert_allclose(summary["final_test_accuracy"], alone["final_test_accuracy"],
+                               rtol=2**-23)
     assert summary["comm_bytes"] == alone["comm_bytes"]
 
 

@@ -10,11 +10,14 @@ import optax
 
 from dfl.local import NodeData, make_local_sgd
 from dfl.sam import sam_gradient
+from tests.algorithms._reference import stream_batches
 
 
-def loss(params, x, y):
+def loss(params, x, y, mask=None):
   w = jnp.concatenate([params["a"], params["b"]])  # two leaves: the norm must be global
-  return 0.5 * jnp.mean((x @ w - y) ** 2)
+  if mask is None:
+    return 0.5 * jnp.mean((x @ w - y) ** 2)
+  return 0.5 * jnp.sum(mask * (x @ w - y) ** 2) / jnp.sum(mask)
 
 
 def problem(seed=0, b=16, d=5):
@@ -69,9 +72,8 @@ def test_local_sam_step_uses_the_same_minibatch_for_both_gradients():
                          gradient=sam_gradient(loss, rho))
   key = jax.random.key(3)
   new_params, _, _ = local(params, optimizer.init(params), key, data)
-  # The batch local_sgd draws: the first `batch` entries of the node's shuffled order.
-  from dfl.local import shuffled_positions  # pylint: disable=import-outside-toplevel
-  rows = np.asarray(shuffled_positions(key, jnp.int32(b), b))[:batch]
+  # The batch local_sgd draws: the first `batch` entries of epoch 0's order (dfl/local.py).
+  rows = stream_batches(key, b, b, batch, 1)[0]
   _, _, g_sam, _ = closed_form(x[rows], y[rows], flat(params), rho)
   np.testing.assert_allclose(flat(new_params), flat(params) - lr * g_sam, rtol=1e-4, atol=1e-6)
   other = np.setdiff1d(np.arange(b), rows)[:batch]  # perturb on another batch: clearly different

@@ -11,7 +11,7 @@ from dfl.algorithms.dfedavg import dfedavg
 from dfl.algorithms.dpsgd import dpsgd
 from dfl.algorithms.fedavg import fedavg
 from dfl.data.partition import pack_shards
-from dfl.local import NodeData, make_local_sgd, make_optimizer, shuffled_positions
+from dfl.local import NodeData, batch_stream, make_local_sgd, make_optimizer, shuffled_positions
 from dfl.mixing import DenseMixing, SparseMixing, mix, node_mean
 from dfl.models import MLP, cross_entropy_loss
 
@@ -63,7 +63,9 @@ def _centralized_sgd_rounds(model, data, params, rounds, lr, key):
     keys = node_keys(jax.random.fold_in(key, t), N)
     rows = []
     for i in range(N):
-      order = shuffled_positions(keys[i], data.sizes[i], data.indices.shape[1])
+      # Step 0 reads the first B slots of epoch 0's order, drawn with fold_in(node_key, 0).
+      order = shuffled_positions(jax.random.fold_in(keys[i], 0), data.sizes[i],
+                                 data.indices.shape[1])
       rows.append(data.indices[i][order[:B]])
     rows = jnp.concatenate(rows)
     grads = jax.grad(loss)(params, data.x[rows], data.y[rows])
@@ -110,10 +112,14 @@ def test_doubly_stochastic_mixing_preserves_node_mean_dense_and_sparse():
 
 
 def test_local_steps_visit_each_sample_once_per_epoch():
-  key = jax.random.key(3)
-  order = shuffled_positions(key, jnp.int32(7), 10)
-  assert sorted(np.asarray(order[:7]).tolist()) == list(range(7))
-  assert sorted(np.asarray(order[7:]).tolist()) == [7, 8, 9]
+  """7 samples, batch 5, 4 steps = 2 epochs: every sample read exactly twice, once per epoch,
+  the short batch of each epoch masked (the old `% size` wrap read some samples 3 times)."""
+  stream = batch_stream(jax.random.key(3), jnp.int32(7), 10, batch_size=5, num_steps=4)
+  slots, mask = np.asarray(stream.slots), np.asarray(stream.mask)
+  assert mask.sum(axis=1).tolist() == [5, 2, 5, 2]
+  for epoch in (slice(0, 2), slice(2, 4)):
+    assert sorted(slots[epoch][mask[epoch]].tolist()) == list(range(7))
+  assert np.bincount(slots[mask], minlength=7).tolist() == [2] * 7
 
 
 @pytest.mark.parametrize("size,width,count", [(7, 10, 4), (10, 10, 3), (300, 845, 160), (5, 845, 160)])
