@@ -37,12 +37,11 @@ Remaining deviations and unknowns:
   (_aggregate); topology.weights=uniform gives 1/11 each.
 * Order: da-dpfl averages first and then trains (aggregate-then-train); dfl trains, then mixes.
 * Partition: DisPFL's `dir` draws one Dirichlet(alpha) label prior per client
-  (data_loader.py partition_data); data.partition = dirichlet splits each class over clients.
-  To set once the dirichlet_client partition exists: data.partition = "dirichlet_client".
+  (data_loader.py partition_data): `dir<alpha>` here is data.partition = "dirichlet_client".
 * DisPFL's baselines clip gradients at norm 10 (clip_grad_norm_ in dpsgd/my_model_trainer.py);
-  da-dpfl's DFedSAM does not. To set once clip_norm exists: clip_norm = 10 for dpsgd runs.
-* DisPFL's D-PSGD trains `--epochs 5` per round (`--type epoch`); dfl's dpsgd takes one step.
-  To set once dpsgd local_steps / local_epochs exist: 5 epochs for dpsgd.
+  da-dpfl's DFedSAM does not: add --config.algorithm.clip_norm=10 to dpsgd runs.
+* DisPFL's D-PSGD trains `--epochs 5` per round (`--type epoch`): dpsgd here takes the config's
+  local_epochs = 5 as well.
 * Seed: the scripts use `--seed 2022` for torch and numpy; dfl's seeds derive streams of their
   own, so only the role, not the draw, matches.
 """
@@ -53,7 +52,7 @@ def get_config(arg: str = "dir0.3"):
   c = default.get_config()
   c.num_nodes = 100
   c.data.name = "cifar10"
-  set_heterogeneity(c, arg)
+  set_heterogeneity(c, arg, dirichlet="dirichlet_client")
   c.model.name = "vgg11"
   c.topology.name = "random_neighbors"
   c.topology.degree = 10  # frac 0.1 of 100 clients
@@ -75,11 +74,12 @@ def get_config(arg: str = "dir0.3"):
   return c
 
 
-def set_heterogeneity(c, arg: str) -> None:
-  """'dir<alpha>' -> Dirichlet(alpha); 'path<k>' -> Path(k); anything else is an error."""
+def set_heterogeneity(c, arg: str, dirichlet: str = "dirichlet") -> None:
+  """'dir<alpha>' -> Dirichlet(alpha) with the partition `dirichlet` (per class, or DisPFL's
+  per-client 'dirichlet_client'); 'path<k>' -> Path(k); anything else is an error."""
   try:
     if arg.startswith("dir"):
-      c.data.partition, c.data.alpha = "dirichlet", float(arg[3:])
+      c.data.partition, c.data.alpha = dirichlet, float(arg[3:])
       return
     if arg.startswith("path"):
       c.data.partition, c.data.classes_per_node = "pathological", int(arg[4:])

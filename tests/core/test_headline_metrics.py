@@ -1,6 +1,6 @@
 """The headline figures of metrics.jsonl against a numpy computation from the checkpointed models.
 
-A tiny run (4 nodes with independent initialisations on a ring, so node 0 is not the average)
+A tiny run (4 nodes with independent initialisations on a lazy ring, so node 0 is not the average)
 writes metrics.jsonl and its final checkpoint; the per-node parameters are read back, averaged
 in numpy, and the MLP's forward pass is done with numpy matmuls. `test_accuracy` must be the
 node-averaged model's accuracy (not node 0's), `test_accuracy_local_mean` the mean of the nodes'
@@ -35,7 +35,9 @@ def _accuracy(params, x, y) -> float:
 
 
 def test_metrics_are_the_averaged_model_and_the_nodes_own(tmp_path):
-  config = tiny_config(model__same_init=False, eval__personal_test=True)
+  # Lazy gossip (W = 0.1 W_ring + 0.9 I) keeps the nodes apart, so node 0 is far from the average.
+  config = tiny_config(model__same_init=False, eval__personal_test=True, topology__laziness=0.9,
+                       algorithm__local_steps=5)
   train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
     final = [json.loads(line) for line in f][-1]
