@@ -32,6 +32,8 @@ RUN_FAILURE_EXIT = 3
 _WORKDIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
                    errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
+# Defined so that absl accepts --debug; debugging() reads sys.argv, because a flag error happens
+# before FLAGS holds the value.
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of user errors "
                            "(also: DFL_DEBUG=1).")
 
@@ -46,14 +48,26 @@ def fail(message: str, status: int = USER_ERROR_EXIT) -> NoReturn:
   sys.exit(status)
 
 
+def load_config_module(config_arg: str):
+  """The module of the config file that `--config=path.py[:arg]` names (in the repository or
+  not), loaded from its path as ml_collections' config flag loads it."""
+  path = config_arg.partition(":")[0]
+  spec = importlib.util.spec_from_file_location("_dfl_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def config_from_arg(config_arg: str):
+  """get_config() (or get_config(arg) for 'path.py:arg') of that config file."""
+  module, arg = load_config_module(config_arg), config_arg.partition(":")[2]
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def _load_config_file(config_arg: str):
   """The ConfigDict that `--config=path.py[:arg]` names, or None if it cannot be built."""
-  path, _, arg = config_arg.partition(":")
   try:
-    spec = importlib.util.spec_from_file_location("_cli_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return config_from_arg(config_arg)
   except Exception:  # the flag parser reports a bad config file itself
     return None
 

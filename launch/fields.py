@@ -95,12 +95,9 @@ def describe(config, module=None) -> str:
 
 
 def main(argv: list[str]) -> None:
-  path = argv[1] if len(argv) > 1 else "experiments/configs/default.py"
-  path, _, arg = path.partition(":")
-  name = path.removesuffix(".py").replace("/", ".")
-  module = importlib.import_module(name)
-  config = module.get_config(arg) if arg else module.get_config()
-  print(describe(config, module))
+  from launch import cli
+  config_arg = argv[1] if len(argv) > 1 else "experiments/configs/default.py"
+  print(describe(cli.config_from_arg(config_arg), cli.load_config_module(config_arg)))
 
 
 if __name__ == "__main__":

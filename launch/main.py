@@ -6,7 +6,6 @@ its own workdir: --workdir must then contain '{seed}', e.g. --workdir='runs/x/se
 User errors print one line and exit with status 2 (--debug shows the traceback); a run stopped
 by SIGTERM / SIGINT exits with 143 / 130 after saving a checkpoint.
 """
-import importlib
 import shlex
 import sys
 
@@ -28,19 +27,12 @@ _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config fie
 flags.mark_flag_as_required("config")
 
 
-def _config_module():
-  path = flags.FLAGS["config"].config_filename.partition(":")[0]
-  try:
-    return importlib.import_module(path.removesuffix(".py").replace("/", "."))
-  except ImportError:  # a config outside the repository: comments from default.py only
-    return None
-
-
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   if _PRINT_CONFIG.value:
-    print(fields.describe(_CONFIG.value, _config_module()))
+    module = cli.load_config_module(flags.FLAGS["config"].config_filename)
+    print(fields.describe(_CONFIG.value, module))
     return
   if not _WORKDIR.value:
     raise UserError("--workdir is required: the directory for the run's outputs and checkpoints.")

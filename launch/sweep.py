@@ -21,7 +21,6 @@ Then collect the results: `python -m launch.report ROOT`.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -101,10 +100,7 @@ def config_override_tokens(argv: list[str]) -> list[str]:
 
 def load_sweep_axes(config_arg: str) -> list[sweep_spec.Axis]:
   """The axes of the config file's get_sweep() ('path.py' or 'path.py:arg'); [] if it has none."""
-  path, _, arg = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module, arg = cli.load_config_module(config_arg), config_arg.partition(":")[2]
   if not hasattr(module, "get_sweep"):
     return []
   return sweep_spec.axes_from_config(module.get_sweep(arg) if arg else module.get_sweep())
