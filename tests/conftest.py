@@ -1,12 +1,28 @@
 """Shared test fixtures: small configs and the location of the real datasets."""
+import getpass
 import os
 import pathlib
+import tempfile
 
+import jax
 import pytest
 
 from experiments.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# Compilation is most of the suite's time (a tiny run compiles ~10 programs, 1-3 s each on
+# CPU) and many tests build the same programs: XLA's persistent cache lets every later test,
+# and the other pytest-xdist worker, load them instead. A cached executable is the one that
+# compiling would produce (the key is the program and the compiler flags), so no result
+# changes. DFL_TEST_COMPILATION_CACHE=0 turns it off; =PATH puts it elsewhere.
+_CACHE_SETTING = os.environ.get("DFL_TEST_COMPILATION_CACHE", "")
+if _CACHE_SETTING != "0":
+  jax.config.update("jax_compilation_cache_dir", _CACHE_SETTING or os.path.join(
+      tempfile.gettempdir(), f"dfl-test-compilation-cache-{getpass.getuser()}"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # cache every size
 
 
 # CI sets this so that a missing dataset fails the suite instead of skipping its tests.

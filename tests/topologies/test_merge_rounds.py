@@ -17,23 +17,6 @@ SCHEDULES = {"final_merge": {"topology__schedule": "final_merge"},
                                    "topology__schedule_start": 1.0}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_once(tmp_path_factory):
-  """The same algorithm compiles to the same program under both schedules: reuse it (and put
-  the process's cache settings back afterwards, for the other tests of this worker)."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  previous = {name: getattr(jax.config, name) for name in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  from jax._src import compilation_cache  # the cache object keeps its directory until reset
-  compilation_cache.reset_cache()
-
-
 def _identity(mixing):
   """W = I in the form (and shape) of `mixing`: the round's models as they enter the gossip step."""
   if isinstance(mixing, DenseMixing):

@@ -2,7 +2,6 @@
 local models before a schedule's final merge next to the merged model."""
 import json
 
-import jax
 import pytest
 
 import topologies
@@ -12,15 +11,6 @@ from tests.conftest import tiny_config
 
 EDGES = "# ring of 8 with two chords\n" + "".join(f"{i} {(i + 1) % 8}\n" for i in range(8)) + \
         "0 4\n2 6\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_once(tmp_path_factory):
-  """W is a traced argument, so every topology runs the same program per algorithm; the
-  persistent cache lets each run reuse it instead of recompiling (the product stays fast)."""
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 @pytest.fixture(scope="module")
