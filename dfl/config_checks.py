@@ -11,6 +11,7 @@ from dfl.algorithms import (ALGORITHMS, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_S
 from dfl.data import DATASETS, IMAGE_DATASETS
 from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
+from dfl.imports import is_import_path
 from dfl.local import MAX_EPOCHS
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
@@ -36,34 +37,45 @@ def _one_of(field: str, value, valid):
   _require(value in valid, f"Unknown {field}={value!r}; valid: {sorted(valid)}.")
 
 
+def _registered_or_path(field: str, value, registry) -> None:
+  _require(value in registry or is_import_path(value),
+           f"Unknown {field}={value!r}; valid: {sorted(registry)} or an import path "
+           "'package.module:attribute'.")
+
+
+def _uses_topology(algorithm_name: str) -> bool:
+  """Built-in gossip algorithms, and a user's (by import path), which may read W."""
+  return algorithm_name in USES_TOPOLOGY or is_import_path(algorithm_name)
+
+
 def validate_config(config) -> None:
   _finite_numbers(config)
   _require(isinstance(config.num_nodes, int) and config.num_nodes >= 2,
            f"num_nodes must be an integer >= 2, got {config.num_nodes!r}.")
-  _one_of("data.name", config.data.name, DATASETS)
+  _registered_or_path("data.name", config.data.name, DATASETS)
   _one_of("data.partition", config.data.partition, PARTITIONS)
   if config.data.partition in ("dirichlet", "dirichlet_client"):
     _require(config.data.alpha > 0, f"data.alpha must be > 0, got {config.data.alpha}.")
-  if config.data.partition == "pathological":
+  if config.data.partition == "pathological" and config.data.name in DATASETS:
     k, num_classes = config.data.classes_per_node, DATASETS[config.data.name][1]
     _require(isinstance(k, int) and 1 <= k <= num_classes,
              f"data.classes_per_node must be an integer in [1, {num_classes}] for "
              f"data.name={config.data.name!r}, got {k!r}.")
   _one_of("data.augment", config.data.augment, AUGMENTATIONS)
-  if config.data.augment != "none":
+  if config.data.augment != "none" and not is_import_path(config.data.name):  # else: at build
     _require(config.data.name in IMAGE_DATASETS,
              f"data.augment={config.data.augment!r} needs an image dataset with H x W x C "
              f"samples, got data.name={config.data.name!r}; valid: {sorted(IMAGE_DATASETS)}.")
   _require(isinstance(config.eval.personal_test, bool),
            f"eval.personal_test must be True or False, got {config.eval.personal_test!r}.")
-  _one_of("model.name", config.model.name, MODELS)
+  _registered_or_path("model.name", config.model.name, MODELS)
   _one_of("model.conv", config.model.conv, CONV_IMPLS)
   _one_of("topology.name", config.topology.name, topologies.NAMES)
   _one_of("topology.mixing_form", config.topology.mixing_form, ("auto", "dense", "sparse"))
   _one_of("topology.weights", config.topology.weights, topologies.WEIGHTS)
   _one_of("topology.schedule", config.topology.schedule, topologies.SCHEDULES)
   a = config.algorithm
-  _one_of("algorithm.name", a.name, ALGORITHMS)
+  _registered_or_path("algorithm.name", a.name, ALGORITHMS)
   _validate_schedule(config.topology, a.name, config.get("variance_correction"))
   _require(a.lr > 0, f"algorithm.lr must be > 0, got {a.lr}.")
   _require(0 < a.lr_decay <= 1, f"algorithm.lr_decay must be in (0, 1], got {a.lr_decay}.")
@@ -155,7 +167,7 @@ def _validate_schedule(topology, algorithm_name: str, vc) -> None:
   have a use for it, and its merge rounds must stay exact averages."""
   schedule, start = topology.schedule, topology.get("schedule_start")
   if schedule != "none":
-    _require(algorithm_name in USES_TOPOLOGY,
+    _require(_uses_topology(algorithm_name),
              f"topology.schedule={schedule!r} changes the communication graph, which "
              f"algorithm.name={algorithm_name!r} does not use (it samples clients, not "
              f"neighbours); valid with {sorted(USES_TOPOLOGY)}, else leave topology.schedule="
@@ -172,7 +184,7 @@ def _validate_schedule(topology, algorithm_name: str, vc) -> None:
 def _validate_variance_correction(vc, algorithm_name: str) -> None:
   if vc is None or not vc.enabled:
     return
-  _require(algorithm_name in USES_TOPOLOGY,
+  _require(_uses_topology(algorithm_name),
            f"variance_correction.enabled=True needs a gossip algorithm, but algorithm.name="
            f"{algorithm_name!r}; valid: {sorted(USES_TOPOLOGY)}.")
   _one_of("variance_correction.target", vc.target, variance_correction.TARGETS)

@@ -103,16 +103,33 @@ def warn_batch_exceeds_shards(batch_size: int, sizes) -> None:
           file=sys.stderr, flush=True)
 
 
-def build_experiment(config) -> Experiment:
+def _kwargs(section) -> dict:
+  kwargs = section.get("kwargs")
+  return {} if kwargs is None else dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
+
+
+def check_augment(augment: str, dataset: Dataset) -> None:
+  """Crops and flips need H x W x C samples (checked here for datasets named by import path)."""
+  if augment != "none" and len(dataset.input_shape) != 3:
+    raise UserError(f"data.augment={augment!r} needs image samples of shape H x W x C, but "
+                    f"data.name={dataset.name!r} has samples of shape {dataset.input_shape}.")
+
+
+def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> Experiment:
+  """Builds everything `config` describes; `model` (a flax Module) and `dataset` (a Dataset)
+  given as Python objects replace model.name / data.name."""
   validate_config(config)
   n = config.num_nodes
   placement = make_placement(config.mesh, n)  # before any other JAX work (multi-host init)
-  with user_input():  # what fails here is the named data, not the code
-    dataset = load_dataset(config.data.name, config.data.dir or None)
+  if dataset is None:
+    with user_input():  # what fails here is the named data, not the code
+      dataset = load_dataset(config.data.name, config.data.dir or None, _kwargs(config.data))
+  check_augment(config.data.augment, dataset)
   check_fits_data(config, len(dataset.y_train))  # before the partition, which grows with N
   with user_input(ValueError):
     shards = partition(dataset.y_train, n, config.data.partition, alpha=config.data.alpha,
                        classes_per_node=config.data.classes_per_node,
+                       node_ids=dataset.node_ids_train,
                        seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
   indices, sizes = pack_shards(shards)
   warn_batch_exceeds_shards(config.algorithm.batch_size, sizes)
@@ -124,8 +141,9 @@ def build_experiment(config) -> Experiment:
     topology = topologies.make(config.topology.name, n, weights=config.topology.weights,
                                seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
                                **options)
-  model = make_model(config.model.name, dataset.num_classes, hidden=config.model.hidden,
-                     conv=config.model.conv)
+  if model is None:
+    model = make_model(config.model.name, dataset.num_classes, _kwargs(config.model),
+                       hidden=config.model.hidden, conv=config.model.conv)
   root = jax.random.key(config.seed)
   init_params = placement.build(
       lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),

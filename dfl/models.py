@@ -20,12 +20,15 @@ formulation that runs fast on the backend; the parameters are nn.Conv's either w
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import inspect
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
+from dfl.errors import UserError
+from dfl.imports import is_import_path, resolve
 from dfl.layers import Conv, max_pool_2x2
 from dfl.models_cifar import resnet18, vgg11
 
@@ -92,10 +95,49 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def make_model(name: str, num_classes: int, **options) -> nn.Module:
+def make_model(name: str, num_classes: int, kwargs: Optional[dict] = None,
+               **options) -> nn.Module:
+  """A built-in model (`options`: model.hidden, model.conv) or a user's, by import path.
+
+  "package.module:Name" names a flax Module class or a factory returning a Module; it is called
+  with `kwargs` (the config's model.kwargs), plus num_classes when it takes that argument and
+  kwargs does not set it.
+  """
+  kwargs = dict(kwargs or {})
+  if is_import_path(name):
+    return _user_model(name, num_classes, kwargs)
   if name not in MODELS:
-    raise ValueError(f"Unknown model.name={name!r}; valid: {sorted(MODELS)}.")
+    raise ValueError(f"Unknown model.name={name!r}; valid: {sorted(MODELS)} or an import path "
+                     "'package.module:Module'.")
+  if kwargs:
+    raise UserError(f"model.kwargs={kwargs} is for models named by import path; the built-in "
+                    f"model.name={name!r} takes model.hidden and model.conv.")
   return MODELS[name](num_classes, **options)
+
+
+def _user_model(path: str, num_classes: int, kwargs: dict) -> nn.Module:
+  target = resolve(path, "model.name")
+  if not callable(target):
+    raise UserError(f"model.name={path!r} names a {type(target).__name__}, not a flax Module "
+                    "class or a factory returning one.")
+  if isinstance(target, type) and issubclass(target, nn.Module):
+    takes_classes = "num_classes" in getattr(target, "__dataclass_fields__", {})
+  else:
+    try:
+      takes_classes = "num_classes" in inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+      takes_classes = False
+  if takes_classes:
+    kwargs.setdefault("num_classes", num_classes)
+  try:
+    model = target(**kwargs)
+  except TypeError as e:
+    raise UserError(f"model.name={path!r} could not be built with model.kwargs={kwargs}: "
+                    f"{e}") from None
+  if not isinstance(model, nn.Module):
+    raise UserError(f"model.name={path!r} returned a {type(model).__name__}, not a flax "
+                    "Module.")
+  return model
 
 
 def cross_entropy_loss(model: nn.Module) -> Callable:

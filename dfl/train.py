@@ -10,6 +10,7 @@ it exits; a second run in the same workdir fails at once with WorkdirLocked.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from typing import Any, Callable
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,8 @@ from jax.experimental import multihost_utils
 
 from dfl import checkpoint
 from dfl.config_checks import validate_config
+from dfl.data import Dataset, as_dataset, dataset_fields
+from dfl.errors import UserError
 from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
 from dfl.metric_writers import TENSORBOARD_SUBDIR, MultiWriter, make_metric_writer
 from dfl.progress import progress_bar
@@ -336,8 +340,13 @@ def lock_workdir(workdir: str) -> WorkdirLock | None:
   return lock
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, model=None, dataset=None) -> dict:
   """Runs the experiment described by `config` in `workdir`, resuming what is already there.
+
+  `model` (a flax Module) and `dataset` (a `dfl.data.Dataset`, or a dict with x_train, y_train,
+  x_test, y_test and optionally num_classes and node_ids_train) given as Python objects, e.g.
+  from a notebook, replace model.name / data.name; config.json records them as
+  "object:<name>", and a resume must pass the same objects again.
 
   A workdir holding checkpoints of the same run (config equal up to checkpoint.RESUMABLE_CHANGES)
   continues from the newest readable one; one of a different run raises ConfigMismatchError
@@ -347,12 +356,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   NoReadableCheckpoint, CheckpointWriteError) whose one-line message says what was kept.
   Returns the summary (also written to workdir/summary.json).
   """
+  config, dataset = with_objects(config, model, dataset)
   validate_config(config)
   initialize_distributed(config.mesh)  # before jax.process_index() is first asked
   os.makedirs(workdir, exist_ok=True)
   lock = lock_workdir(workdir)
   try:
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, model, dataset)
   except OSError as e:
     if checkpoint.is_disk_full(e):  # metrics.jsonl, summary.json, ...: say it in one line
       filename = getattr(e, "filename", None)
@@ -364,8 +374,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
       lock.release()
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
-  exp = build_experiment(config)
+def with_objects(config, model, dataset):
+  """The config a run with Python objects records, and the dataset checked as a Dataset."""
+  if model is None and dataset is None:
+    return config, None
+  config = copy.deepcopy(config)
+  if model is not None:
+    if not isinstance(model, flax.linen.Module):
+      raise UserError(f"model= must be a flax.linen.Module, got a {type(model).__name__}.")
+    config.model.name = f"object:{type(model).__name__}"
+  if dataset is not None:
+    arrays = dataset_fields(dataset) if isinstance(dataset, Dataset) else dataset
+    if not isinstance(arrays, dict):
+      raise UserError(f"dataset= must be a dfl.data.Dataset or a dict of arrays, got a "
+                      f"{type(dataset).__name__}.")
+    dataset = as_dataset(arrays, "dataset=")
+    config.data.name = f"object:{arrays.get('name') or 'dataset'}"
+  return config, dataset
+
+
+def _train_and_evaluate(config, workdir: str, model=None, dataset=None) -> dict:
+  exp = build_experiment(config, model=model, dataset=dataset)
   main = is_main_process()  # multi-host: every process computes, only process 0 writes
   if config.checkpoint.fresh and main:
     checkpoint.discard_run(workdir, OUTPUTS)

@@ -13,6 +13,7 @@ traceback (exit status 1).
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import errno
 import importlib.util
@@ -20,7 +21,7 @@ import logging
 import os
 import re
 import sys
-from typing import Callable, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from absl import app, flags
 
@@ -110,10 +111,45 @@ def unknown_field_message(config, field: str) -> Optional[str]:
   return None
 
 
+# Sections whose `kwargs` take keys the config file does not declare (a user's model or
+# dataset named by import path): --config.model.kwargs.width=64 creates model.kwargs.width.
+OPEN_KWARGS = ("model", "data")
+
+
+def split_kwargs_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str, Any]]]:
+  """argv without the --config.<section>.kwargs.KEY=VALUE overrides, and those as (section,
+  key, value); VALUE as a Python literal (64, 0.5, (3, 3), True), else as a string."""
+  rest, found = [], []
+  for arg in argv:
+    m = re.match(rf"^--?config\.({'|'.join(OPEN_KWARGS)})\.kwargs\.(\w+)=(.*)$", arg, re.S)
+    if not m:
+      rest.append(arg)
+      continue
+    try:
+      value = ast.literal_eval(m.group(3))
+    except (ValueError, SyntaxError):
+      value = m.group(3)
+    found.append((m.group(1), m.group(2), value))
+  return rest, found
+
+
+def _apply_kwargs_overrides(overrides) -> None:
+  config = getattr(flags.FLAGS, "config", None) if "config" in flags.FLAGS else None
+  if overrides and config is None:
+    fail("--config.<section>.kwargs.KEY=VALUE needs --config=FILE.")
+  for section, key, value in overrides:
+    with config[section].kwargs.unlocked():
+      config[section].kwargs[key] = value
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with its errors (and a misspelt --config.FIELD) as one line each."""
   try:
-    return flags.FLAGS(argv)
+    argv, kwargs_overrides = split_kwargs_overrides(argv)
+    sys.argv[:] = split_kwargs_overrides(sys.argv)[0]  # config_flags reads sys.argv itself
+    rest = flags.FLAGS(argv)
+    _apply_kwargs_overrides(kwargs_overrides)
+    return rest
   except flags.Error as e:
     fail(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections: an override of a missing field

@@ -1,7 +1,8 @@
 """Registry: algorithm name -> builder(algorithm_config, context) -> Algorithm.
 
 The builders are the only place that reads the `algorithm` config section; the factories they
-call take explicit keyword arguments. A new algorithm is a new file plus one entry here.
+call take explicit keyword arguments. A new algorithm is a new file plus one entry here, or,
+outside the library, a builder named by import path (`algorithm.name="my_pkg.algos:build"`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from dfl.algorithms.fedavg import fedavg
 from dfl.algorithms.fedsam import fedsam
 from dfl.algorithms.gossip import gossip_learning
 from dfl.algorithms.modest import modest
+from dfl.errors import UserError
+from dfl.imports import is_import_path, resolve
 from dfl.membership import build_membership
 
 
@@ -162,9 +165,19 @@ USES_GOSSIP_STEPS = {"dfedsam", "dfedsam_mgs"}
 
 
 def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
+  """The registered builder of algorithm.name, or a user's builder named by import path
+  ("package.module:builder", called as builder(algorithm_config, ctx) like the ones here)."""
   name = algorithm_config.name
+  if is_import_path(name):
+    algorithm = resolve(name, "algorithm.name")(algorithm_config, ctx)
+    if not (callable(getattr(algorithm, "init", None)) and
+            callable(getattr(algorithm, "round", None))):
+      raise UserError(f"algorithm.name={name!r} returned a {type(algorithm).__name__}; a builder "
+                      "returns dfl.algorithms.Algorithm(init, round).")
+    return algorithm
   if name not in ALGORITHMS:
-    raise ValueError(f"Unknown algorithm.name={name!r}; valid: {sorted(ALGORITHMS)}.")
+    raise ValueError(f"Unknown algorithm.name={name!r}; valid: {sorted(ALGORITHMS)} or an import "
+                     "path 'package.module:builder'.")
   return ALGORITHMS[name](algorithm_config, ctx)
 
 

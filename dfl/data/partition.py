@@ -37,6 +37,9 @@ random class order walked cyclically, k consecutive classes per node, nodes in r
 that classes are not aligned with the graph), then each class's samples are split evenly at
 random among the nodes that hold it.
 
+`natural`: the dataset's own owner of every sample (`Dataset.node_ids_train`: writers, users,
+devices), one node per distinct id.
+
 `pack_shards` turns the list of index arrays into the padded `[N, L]` index matrix plus sizes
 that the on-device sampler uses, so unequal shards need no Python loop at run time.
 """
@@ -195,9 +198,26 @@ def pathological(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *
   return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def natural(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *,
+            node_ids=None, **_) -> list[np.ndarray]:
+  """Every sample to the node the dataset says it belongs to (a writer, user or device, as in
+  LEAF's FEMNIST or Shakespeare): node k holds the samples of the k-th smallest distinct id."""
+  if node_ids is None:
+    raise ValueError("data.partition='natural' needs a dataset that names each training sample's "
+                     "node (node_ids_train, from a data.name import path); built-in datasets "
+                     "have none: use iid, dirichlet, dirichlet_client or pathological.")
+  distinct, owner = np.unique(np.asarray(node_ids), return_inverse=True)
+  if len(distinct) != num_nodes:
+    raise ValueError(f"data.partition='natural': the dataset's node_ids_train name "
+                     f"{len(distinct)} distinct nodes but num_nodes={num_nodes}; set "
+                     f"num_nodes={len(distinct)}.")
+  order = np.argsort(owner, kind="stable")
+  return np.split(order.astype(np.int64), np.cumsum(np.bincount(owner, minlength=num_nodes))[:-1])
+
+
 PARTITIONS: dict[str, Callable[..., list[np.ndarray]]] = {
     "iid": iid, "dirichlet": dirichlet, "dirichlet_client": dirichlet_client,
-    "pathological": pathological}
+    "pathological": pathological, "natural": natural}
 
 
 def partition(labels: np.ndarray, num_nodes: int, scheme: str, *, seed: int, **options) -> list[np.ndarray]:

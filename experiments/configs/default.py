@@ -15,22 +15,29 @@ def get_config():
   c.num_nodes = 16
 
   c.data = config_dict.ConfigDict()
-  c.data.name = "digits"  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100
+  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100 | "package.module:loader"
+  c.data.name = "digits"
   c.data.dir = ""  # root with one folder per dataset; empty = $DFL_DATA_DIR
   # iid | dirichlet (per class, Hsu et al.) | dirichlet_client (equal sizes, per-client prior,
-  # DisPFL / DA-DPFL) | pathological
+  # DisPFL / DA-DPFL) | pathological | natural (the dataset's node_ids_train: writers, users)
   c.data.partition = "dirichlet"
   c.data.alpha = 0.5  # Dirichlet concentration (smaller = more label skew)
   c.data.classes_per_node = 2  # pathological: k, every node holds exactly k classes (Path(k))
   c.data.seed = config_dict.placeholder(int)  # None: derived from seed
   c.data.augment = "none"  # none | crop_flip (4-pixel padded random crop + flip, image data)
+  # A dataset named by import path (data.name="my_pkg.data:load") is called with these.
+  c.data.kwargs = config_dict.ConfigDict()
 
   c.model = config_dict.ConfigDict()
-  c.model.name = "mlp"  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR)
+  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR) | "package.module:Net"
+  c.model.name = "mlp"
   c.model.hidden = (200, 200)  # MLP widths
   # Convolutions (cnn, lenet5, vgg11, resnet18): auto | xla | im2col; auto = im2col (matmuls)
   # on CPU, where XLA's convolutions are slow inside loops, xla (cuDNN) on GPU. dfl/layers.py.
   c.model.conv = "auto"
+  # A model named by import path (model.name="my_pkg.nets:Net", a flax Module or a factory)
+  # is built with these keyword arguments (plus num_classes when it takes it).
+  c.model.kwargs = config_dict.ConfigDict()
   c.model.same_init = True  # all nodes start from one initialisation (False: independent inits)
 
   c.topology = config_dict.ConfigDict()
@@ -56,7 +63,8 @@ def get_config():
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.algorithm = config_dict.ConfigDict()
-  # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest
+  # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest, or a
+  # builder "package.module:build" called as build(algorithm_config, BuildContext) -> Algorithm
   c.algorithm.name = "dfedavg"
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t

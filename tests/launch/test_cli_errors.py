@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from dfl.algorithms import ALGORITHMS
+
 from tests.conftest import REPO
 
 DEFAULT = "experiments/configs/default.py"
@@ -36,8 +38,8 @@ def main_cmd(tmp_path, *overrides):
      "error: flag --config.algorithm.lr=abc: could not convert string to float: 'abc'"),
     (("--config.algorithm.lr=inf",), "error: algorithm.lr must be a finite number, got inf."),
     (("--config.algorithm.name=foo",),
-     "error: Unknown algorithm.name='foo'; valid: ['dfedavg', 'dfedavgm', 'dfedsam', "
-     "'dfedsam_mgs', 'dpsgd', 'fedavg', 'fedsam', 'gossip', 'modest']."),
+     f"error: Unknown algorithm.name='foo'; valid: {sorted(ALGORITHMS)} or an import path "
+     "'package.module:attribute'."),
 ])
 def test_config_errors_are_one_line(tmp_path, overrides, expected):
   result = run(*main_cmd(tmp_path, *overrides))
