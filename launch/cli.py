@@ -146,8 +146,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with its errors (and a misspelt --config.FIELD) as one line each."""
   try:
     argv, kwargs_overrides = split_kwargs_overrides(argv)
+    original = list(sys.argv)
     sys.argv[:] = split_kwargs_overrides(sys.argv)[0]  # config_flags reads sys.argv itself
-    rest = flags.FLAGS(argv)
+    try:
+      rest = flags.FLAGS(argv)
+    finally:
+      sys.argv[:] = original  # launch.sweep hands every override on to its runs
     _apply_kwargs_overrides(kwargs_overrides)
     return rest
   except flags.Error as e:

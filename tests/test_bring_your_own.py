@@ -181,3 +181,16 @@ def test_the_readme_example_runs_verbatim(tmp_path):
                           cwd=REPO, text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "final test accuracy" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_hands_model_kwargs_to_every_run(tmp_path):
+  command = [sys.executable, "-m", "launch.sweep", "--config", "experiments/configs/default.py",
+             "--root", str(tmp_path), "--config.model.name=experiments.bring_your_own:TinyNet",
+             "--config.model.kwargs.width=5", "--config.train.rounds=2",
+             "--config.eval.every_rounds=2", "--config.num_nodes=4", "--sweep",
+             "algorithm.lr=0.05,0.1"]
+  done = subprocess.run(command, cwd=REPO, text=True, capture_output=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  configs = [json.loads(p.read_text()) for p in tmp_path.glob("*/config.json")]
+  assert len(configs) == 2 and all(c["model"]["kwargs"] == {"width": 5} for c in configs)
