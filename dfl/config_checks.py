@@ -6,7 +6,9 @@ import math
 
 import topologies
 from dfl import execution, variance_correction
-from dfl.algorithms import (ALGORITHMS, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
+from dfl.aggregation.compressors import COMPRESSORS
+from dfl.algorithms import (ALGORITHMS, CHOCO_FIELDS, COLUMN_STOCHASTIC, STATIC_TOPOLOGY_ONLY,
+                            USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE, USES_MIXER,
                             USES_TOPOLOGY)
 from dfl.data import DATASETS, IMAGE_DATASETS
 from dfl.data.augment import AUGMENTATIONS
@@ -127,6 +129,12 @@ def validate_config(config) -> None:
       _require(a[field] == default,
                f"algorithm.{field}={a[field]} is only used by algorithm.name='modest', not "
                f"{a.name!r}; leave it at {default}.")
+  _validate_choco(a)
+  _require(config.topology.weights not in topologies.COLUMN_STOCHASTIC_WEIGHTS
+           or a.name in COLUMN_STOCHASTIC,
+           f"topology.weights={config.topology.weights!r} gives column-stochastic weights, which "
+           f"only {sorted(COLUMN_STOCHASTIC)} mixes with; algorithm.name={a.name!r} needs rows "
+           "summing to 1: use metropolis_hastings, uniform or max_degree.")
   parse_schedule(a.membership)  # raises on a malformed schedule
   _require(not a.membership or a.name == "modest",
            f"algorithm.membership={a.membership!r} is only simulated by algorithm.name='modest', "
@@ -158,6 +166,35 @@ def validate_config(config) -> None:
            f"checkpoint.max_to_keep must be an integer >= 1, got {ck.max_to_keep!r}.")
 
 
+def _validate_choco(a) -> None:
+  """CHOCO's fields: checked for choco, left at their defaults by every other algorithm."""
+  if a.name != "choco":
+    for field, default in CHOCO_FIELDS.items():
+      _require(a.get(field, default) == default,
+               f"algorithm.{field}={a.get(field)!r} is only used by algorithm.name='choco', not "
+               f"{a.name!r}; leave it at {default!r}.")
+    return
+  _one_of("algorithm.compressor", a.compressor, COMPRESSORS)
+  _require(0 < a.compression_ratio <= 1,
+           f"algorithm.compression_ratio must be in (0, 1] (the fraction of entries kept), got "
+           f"{a.compression_ratio}.")
+  _require(a.compressor in ("top_k", "random_k")
+           or a.compression_ratio == CHOCO_FIELDS["compression_ratio"],
+           f"algorithm.compression_ratio={a.compression_ratio} is only used by the compressors "
+           f"top_k and random_k, not algorithm.compressor={a.compressor!r}; leave it at "
+           f"{CHOCO_FIELDS['compression_ratio']}.")
+  _require(isinstance(a.quantization_levels, int) and a.quantization_levels >= 1,
+           f"algorithm.quantization_levels must be an integer >= 1 (QSGD's s), got "
+           f"{a.quantization_levels!r}.")
+  _require(a.compressor == "qsgd"
+           or a.quantization_levels == CHOCO_FIELDS["quantization_levels"],
+           f"algorithm.quantization_levels={a.quantization_levels} is only used by "
+           f"algorithm.compressor='qsgd', not {a.compressor!r}; leave it at "
+           f"{CHOCO_FIELDS['quantization_levels']}.")
+  _require(0 < a.consensus_step <= 1,
+           f"algorithm.consensus_step (CHOCO's gamma) must be in (0, 1], got {a.consensus_step}.")
+
+
 # Algorithms whose aggregation can weight models by their sample counts.
 USES_AGGREGATION_WEIGHTS = {"fedavg", "gossip"}
 
@@ -172,6 +209,10 @@ def _validate_schedule(topology, algorithm_name: str, vc) -> None:
              f"algorithm.name={algorithm_name!r} does not use (it samples clients, not "
              f"neighbours); valid with {sorted(USES_TOPOLOGY)}, else leave topology.schedule="
              "'none'.")
+    _require(algorithm_name not in STATIC_TOPOLOGY_ONLY,
+             f"topology.schedule={schedule!r} changes the communication graph, but "
+             f"algorithm.name={algorithm_name!r} keeps copies of its neighbours' models and needs "
+             "a fixed graph; leave topology.schedule='none'.")
     _require(vc is None or not vc.enabled,
              f"topology.schedule={schedule!r} with variance_correction.enabled=True: the "
              "correction rescales every model after each gossip step, so the schedule's merge "
@@ -184,9 +225,10 @@ def _validate_schedule(topology, algorithm_name: str, vc) -> None:
 def _validate_variance_correction(vc, algorithm_name: str) -> None:
   if vc is None or not vc.enabled:
     return
-  _require(_uses_topology(algorithm_name),
-           f"variance_correction.enabled=True needs a gossip algorithm, but algorithm.name="
-           f"{algorithm_name!r}; valid: {sorted(USES_TOPOLOGY)}.")
+  _require(algorithm_name in USES_MIXER or is_import_path(algorithm_name),
+           f"variance_correction.enabled=True needs a gossip algorithm that mixes models, but "
+           f"algorithm.name={algorithm_name!r}; valid: {sorted(USES_MIXER)} or one named by "
+           "import path.")
   _one_of("variance_correction.target", vc.target, variance_correction.TARGETS)
   _one_of("variance_correction.estimator", vc.estimator, variance_correction.ESTIMATORS)
   _one_of("variance_correction.tensors", vc.tensors, variance_correction.TENSORS)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import topologies
-from dfl.algorithms import Algorithm, BuildContext, build_algorithm
+from dfl.algorithms import (COLUMN_STOCHASTIC, STATIC_TOPOLOGY_ONLY, Algorithm, BuildContext,
+                            build_algorithm)
 from dfl.config_checks import validate_config
 from dfl.data import Dataset, load_dataset
 from dfl.data.augment import black_pixel, make_augment
@@ -103,6 +104,19 @@ def warn_batch_exceeds_shards(batch_size: int, sizes) -> None:
           file=sys.stderr, flush=True)
 
 
+def check_topology_fits_algorithm(name: str, topology: topologies.Topology) -> None:
+  """CHOCO needs a fixed graph; push-sum a column-stochastic W in every round."""
+  if name in STATIC_TOPOLOGY_ONLY and topology.time_varying:
+    raise UserError(f"algorithm.name={name!r} keeps copies of its neighbours' models and needs a "
+                    f"fixed graph, but topology.name={topology.name!r} changes every round; use a "
+                    "static topology.")
+  if name in COLUMN_STOCHASTIC and not topology.column_stochastic:
+    raise UserError(f"algorithm.name={name!r} needs a column-stochastic W, but topology "
+                    f"{topology.name!r} with weights={topology.description.get('weights')!r} is "
+                    "only row-stochastic (a directed graph); set topology.weights="
+                    "'column_uniform'.")
+
+
 def _kwargs(section) -> dict:
   kwargs = section.get("kwargs")
   return {} if kwargs is None else dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
@@ -141,6 +155,7 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
     topology = topologies.make(config.topology.name, n, weights=config.topology.weights,
                                seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
                                **options)
+  check_topology_fits_algorithm(config.algorithm.name, topology)
   if model is None:
     model = make_model(config.model.name, dataset.num_classes, _kwargs(config.model),
                        hidden=config.model.hidden, conv=config.model.conv)

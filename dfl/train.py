@@ -37,37 +37,76 @@ from dfl.sharding import initialize_distributed, is_main_process
 from dfl.workdir_lock import WorkdirLock, WorkdirLocked, read_holder
 
 class CommCounter:
-  """Cumulative communication on the host (Python ints: no overflow on long runs)."""
+  """Cumulative communication on the host (Python ints and int64: no overflow on long runs).
+
+  Bytes are counted per message: a round's transfers weigh its `RoundMetrics.message_bytes`
+  each (what a compressed or augmented message carries), or one model's bytes when the
+  algorithm leaves it None. `comm_bytes_per_node_round` is the mean over nodes and rounds of the
+  bytes sent in the evaluation period just counted (the rounds since the previous record; 0 in
+  the record of round 0): comm_bytes of those rounds / (N * rounds).
+  """
 
   def __init__(self, num_nodes: int, model_bytes: int):
+    self.num_nodes = num_nodes
     self.model_bytes = model_bytes
     self.transfers = 0
     self.control_messages = 0
     self.sent_N = np.zeros(num_nodes, np.int64)
     self.received_N = np.zeros(num_nodes, np.int64)
+    self.bytes = 0
+    self.bytes_sent_N = np.zeros(num_nodes, np.int64)
+    self.bytes_received_N = np.zeros(num_nodes, np.int64)
+    self.period_bytes = 0  # bytes of the rounds counted by the last `add`
+    self.period_rounds = 0
 
   def add(self, metrics) -> None:
-    self.transfers += int(np.sum(metrics.transfers, dtype=np.int64))
+    transfers_R = np.atleast_1d(np.asarray(metrics.transfers, np.int64))
+    sent_RxN = np.asarray(metrics.sent_N, np.int64).reshape(-1, self.num_nodes)
+    received_RxN = np.asarray(metrics.received_N, np.int64).reshape(-1, self.num_nodes)
+    if metrics.message_bytes is None:
+      bytes_R = np.full(transfers_R.shape, self.model_bytes, np.int64)
+    else:
+      bytes_R = np.broadcast_to(np.asarray(metrics.message_bytes, np.int64), transfers_R.shape)
+    self.transfers += int(transfers_R.sum())
     self.control_messages += int(np.sum(metrics.control_messages, dtype=np.int64))
-    self.sent_N += np.asarray(metrics.sent_N, np.int64).sum(axis=0)
-    self.received_N += np.asarray(metrics.received_N, np.int64).sum(axis=0)
+    self.sent_N += sent_RxN.sum(axis=0)
+    self.received_N += received_RxN.sum(axis=0)
+    self.period_bytes = int((transfers_R * bytes_R).sum())
+    self.period_rounds = int(np.asarray(metrics.loss).size)
+    self.bytes += self.period_bytes
+    self.bytes_sent_N += (sent_RxN * bytes_R[:, None]).sum(axis=0)
+    self.bytes_received_N += (received_RxN * bytes_R[:, None]).sum(axis=0)
 
   def as_dict(self) -> dict:
+    per_node_round = (self.period_bytes / (self.num_nodes * self.period_rounds)
+                      if self.period_rounds else 0.0)
     return {"comm_transfers": self.transfers,
-            "comm_bytes": self.transfers * self.model_bytes,
+            "comm_bytes": self.bytes,
             "comm_bytes_max_node":
-                int(max(self.sent_N.max(), self.received_N.max())) * self.model_bytes,
+                int(max(self.bytes_sent_N.max(), self.bytes_received_N.max())),
+            "comm_bytes_per_node_round": per_node_round,
             "comm_control_messages": self.control_messages}
 
   def state_dict(self) -> dict:
     return {"transfers": self.transfers, "control_messages": self.control_messages,
-            "sent_N": self.sent_N.tolist(), "received_N": self.received_N.tolist()}
+            "sent_N": self.sent_N.tolist(), "received_N": self.received_N.tolist(),
+            "bytes": self.bytes, "bytes_sent_N": self.bytes_sent_N.tolist(),
+            "bytes_received_N": self.bytes_received_N.tolist(),
+            "period_bytes": self.period_bytes, "period_rounds": self.period_rounds}
 
   def load_state_dict(self, saved: dict) -> None:
     self.transfers = int(saved["transfers"])
     self.control_messages = int(saved["control_messages"])
     self.sent_N = np.asarray(saved["sent_N"], np.int64)
     self.received_N = np.asarray(saved["received_N"], np.int64)
+    # Checkpoints written before bytes were counted per message: every transfer was one model.
+    self.bytes = int(saved.get("bytes", self.transfers * self.model_bytes))
+    self.bytes_sent_N = np.asarray(saved.get("bytes_sent_N", self.sent_N * self.model_bytes),
+                                   np.int64)
+    self.bytes_received_N = np.asarray(
+        saved.get("bytes_received_N", self.received_N * self.model_bytes), np.int64)
+    self.period_bytes = int(saved.get("period_bytes", 0))
+    self.period_rounds = int(saved.get("period_rounds", 0))
 
 
 def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCounter,

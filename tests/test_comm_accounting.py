@@ -4,9 +4,12 @@ Small example: 4 nodes, digits (8x8 inputs), MLP 64-16-10, 4 rounds. One model i
 (64*16 + 16 + 16*10 + 10) float32 = 1210 * 4 = 4840 bytes.
 """
 import json
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 
+from dfl import train
 from dfl.train import train_and_evaluate
 
 MODEL_BYTES = (64 * 16 + 16 + 16 * 10 + 10) * 4
@@ -55,3 +58,63 @@ def test_fedavg_partial_participation(tiny, tmp_path):
   config.train.rounds = ROUNDS
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["comm_bytes"] == 2 * 2 * ROUNDS * MODEL_BYTES  # m = 2 clients, down + up
+
+
+# Bytes per message instead of whole models. CHOCO top_k at ratio 0.1 keeps, per leaf, 102 of
+# 1024, 1 of 16, 16 of 160 and 1 of 10 entries: 120 float32 values + 120 int32 indices = 960
+# bytes. Push-sum sends the model and its float32 weight: 4844 bytes; on the directed
+# exponential graph of 4 nodes each node receives from i + 1 and i + 2: 8 messages a round.
+BYTE_CASES = {
+    "choco_top_k": ({"algorithm__name": "choco", "algorithm__compressor": "top_k"}, 960),
+    "push_sum": ({"algorithm__name": "push_sum", "topology__name": "exponential",
+                  "topology__directed": True, "topology__weights": "column_uniform"},
+                 MODEL_BYTES + 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BYTE_CASES))
+def test_message_bytes_by_hand(tiny, tmp_path, name):
+  overrides, message = BYTE_CASES[name]
+  config = tiny(**overrides)
+  config.train.rounds = ROUNDS
+  summary = train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert summary["comm_bytes"] == 8 * ROUNDS * message
+  assert summary["comm_bytes_max_node"] == 2 * ROUNDS * message
+  assert [r["comm_transfers"] for r in records] == [8 * r["round"] for r in records]
+  assert [r["comm_bytes"] for r in records] == [8 * message * r["round"] for r in records]
+  # Mean bytes sent per node and round over each evaluation period; 0 before any round.
+  assert [r["comm_bytes_per_node_round"] for r in records] == [0.0] + [2.0 * message] * 2
+
+
+class FakeMetrics(NamedTuple):
+  loss: np.ndarray
+  transfers: np.ndarray
+  sent_N: np.ndarray
+  received_N: np.ndarray
+  control_messages: int = 0
+  message_bytes: object = None
+
+
+def test_counter_weighs_each_round_by_its_message_bytes_and_resumes():
+  # 3 nodes, 2 rounds: node 0 sends 2 messages a round, nodes 1 and 2 one each and receive 2.
+  sent, received = np.array([[2, 1, 1]] * 2), np.array([[0, 2, 2]] * 2)
+  counter = train.CommCounter(3, model_bytes=100)
+  counter.add(FakeMetrics(np.zeros(2), np.array([4, 4]), sent, received))  # whole models
+  assert counter.as_dict()["comm_bytes"] == 800
+  assert counter.as_dict()["comm_bytes_per_node_round"] == pytest.approx(800 / 6)
+  counter.add(FakeMetrics(np.zeros(2), np.array([4, 4]), sent, received,
+                          message_bytes=np.array([10, 30])))
+  d = counter.as_dict()
+  assert d["comm_bytes"] == 800 + 4 * 10 + 4 * 30
+  assert d["comm_bytes_max_node"] == 2 * 200 + 2 * 40  # node 0 sent, nodes 1 and 2 received
+  assert d["comm_bytes_per_node_round"] == pytest.approx(160 / 6)
+  assert d["comm_transfers"] == 16
+  restored = train.CommCounter(3, model_bytes=100)
+  restored.load_state_dict(json.loads(json.dumps(counter.state_dict())))
+  assert restored.as_dict() == d
+  # A checkpoint from before bytes were counted per message: every transfer was one model.
+  old = train.CommCounter(3, model_bytes=100)
+  old.load_state_dict({"transfers": 8, "control_messages": 0, "sent_N": [4, 2, 2],
+                       "received_N": [0, 4, 4]})
+  assert old.as_dict()["comm_bytes"] == 800 and old.as_dict()["comm_bytes_max_node"] == 400

@@ -18,7 +18,7 @@ from topologies.graphs import STATIC_GRAPHS
 from topologies.schedules import SCHEDULES, ScheduledTopology, schedule_rounds, scheduled
 from topologies.time_varying import TIME_VARYING_GRAPHS
 from topologies.topology import Graph, Topology, spectral_gap, to_neighbors
-from topologies.weights import WEIGHTS, lazy
+from topologies.weights import COLUMN_STOCHASTIC_WEIGHTS, WEIGHTS, lazy
 
 GRAPHS = {**STATIC_GRAPHS, **TIME_VARYING_GRAPHS, "from_edges": from_edges}
 NAMES = sorted(GRAPHS)
@@ -73,7 +73,8 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
   Returns:
     A Topology whose every W_t is nonnegative and row-stochastic, doubly stochastic unless
     `directed=True` was asked for or the graph is row-stochastic by construction (random_pull),
-    and (static or over a period) connected.
+    and (static or over a period) connected; with weights="column_uniform" column-stochastic
+    instead of row-stochastic (`Topology.column_stochastic` says whether columns sum to 1).
 
   Raises:
     ValueError naming the bad value and what would be valid.
@@ -91,7 +92,9 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
     raise ValueError(f"topology.laziness must be in [0, 1), got {laziness}.")
   options = {**GRAPH_OPTIONS, **options}
   graph = _build_graph(name, num_nodes, seed, options)
-  doubly = not (options["directed"] or graph.row_stochastic)  # random_pull: rows only
+  # column_uniform: columns checked instead of rows (where weights are not given by a file)
+  column = weights in COLUMN_STOCHASTIC_WEIGHTS and graph.matrix is None
+  doubly = not (options["directed"] or graph.row_stochastic or column)  # random_pull: rows only
   what = f"topology {name!r}" + (f" ({options['edges_file']})" if name == "from_edges" else "")
 
   def matrix_fn(t: int):
@@ -100,7 +103,8 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
     else:
       W = WEIGHTS[weights](graph.adjacency(t), directed=graph.directed)
     W = lazy(W, laziness)
-    check_mixing_matrix(W, doubly_stochastic=doubly, what=f"{what} round {t}")
+    check_mixing_matrix(W, doubly_stochastic=doubly, what=f"{what} round {t}",
+                        column_stochastic=column)
     return W
 
   if not graph.time_varying or graph.period:
@@ -110,7 +114,8 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
                  "laziness": laziness}
   topology = Topology(name, num_nodes, matrix_fn, time_varying=graph.time_varying,
                       directed=graph.directed, period=graph.period, num_rounds=num_rounds,
-                      width_bound=graph.width, description=description)
+                      width_bound=graph.width, description=description,
+                      column_stochastic=doubly or column)
   if not graph.time_varying:
     topology.matrix(0)  # build and check now, not in the middle of a run
   if schedule == "none":
@@ -127,5 +132,5 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
 
 
 __all__ = ["make", "Topology", "ScheduledTopology", "Graph", "NAMES", "GRAPHS", "WEIGHTS",
-           "SCHEDULES", "GRAPH_OPTIONS", "spectral_gap", "to_neighbors", "scheduled",
+           "SCHEDULES", "GRAPH_OPTIONS", "COLUMN_STOCHASTIC_WEIGHTS", "spectral_gap", "to_neighbors", "scheduled",
            "check_mixing_matrix", "check_connected"]

@@ -36,8 +36,9 @@ def check_connected(W_or_A: np.ndarray, what: str, directed: bool = False) -> No
 
 
 def check_mixing_matrix(W: np.ndarray, *, doubly_stochastic: bool = True,
-                        what: str = "mixing matrix") -> None:
-  """Square, finite, nonnegative, rows summing to 1, and columns too when `doubly_stochastic`.
+                        what: str = "mixing matrix", column_stochastic: bool = False) -> None:
+  """Square, finite, nonnegative, rows summing to 1, and columns too when `doubly_stochastic`;
+  with `column_stochastic`, columns summing to 1 instead of rows (push-sum's W).
 
   Gossip averaging x <- W x keeps the node mean only if W is doubly stochastic; row-stochastic W
   (directed graphs) reaches a consensus that is a weighted mean instead.
@@ -52,6 +53,14 @@ def check_mixing_matrix(W: np.ndarray, *, doubly_stochastic: bool = True,
     i, j = np.argwhere(W < -_ATOL)[0]
     raise ValueError(f"{what} has negative weights, e.g. W[{i}, {j}] = {W[i, j]:.6g}; mixing "
                      "weights must be >= 0.")
+  if column_stochastic:
+    cols = W.sum(axis=0)
+    bad = np.flatnonzero(np.abs(cols - 1) > 1e-6)
+    if bad.size:
+      raise ValueError(f"{what}: column {bad[0]} sums to {cols[bad[0]]:.6g} (columns "
+                       f"{bad[:8].tolist()} do not sum to 1); with column-stochastic weights "
+                       "every node must split all of its mass.")
+    return
   rows = W.sum(axis=1)
   bad = np.flatnonzero(np.abs(rows - 1) > 1e-6)
   if bad.size:

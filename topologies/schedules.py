@@ -78,7 +78,7 @@ def scheduled(base: Topology, dense: Topology, rounds: Iterable[int], *,
       f"{base.name}+{schedule}:{dense.name}", base.num_nodes, matrix_fn, time_varying=True,
       directed=base.directed or dense.directed, num_rounds=base.num_rounds,
       description=base.description, base=base, dense=dense, dense_rounds=dense_rounds,
-      schedule=schedule)
+      schedule=schedule, column_stochastic=base.column_stochastic and dense.column_stochastic)
 
 
 def window_start(start: float, num_rounds: int, window: int) -> int:

@@ -86,6 +86,7 @@ class Topology:
   width_bound: Optional[int] = None
   description: dict = dataclasses.field(default_factory=dict)  # weights, laziness, options
   dense_rounds: tuple = ()  # rounds on a schedule's dense topology (empty: no schedule)
+  column_stochastic: bool = False  # every W_t checked to have columns summing to 1 (push-sum)
   _static: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
 
   def matrix(self, round_index: int = 0) -> np.ndarray:

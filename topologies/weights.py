@@ -7,6 +7,12 @@ averaging", 2004; Boyd et al., "Randomized gossip algorithms", 2006).
 
 On directed graphs every scheme averages uniformly over a node's in-neighbours and itself
 (`max_degree` uses the largest in-degree instead): the Metropolis-Hastings rule needs symmetry.
+
+`column_uniform` is the push form instead (push-sum / Stochastic Gradient Push, Assran et al.
+2019, gossip/mixing_manager.py `UniformMixing` of facebookresearch/stochastic_gradient_push):
+node j splits its mass uniformly over its out-neighbours and itself, w_ij = 1 / (1 + out-degree
+of j), so W is column-stochastic (rows need not sum to 1); on an undirected graph it is the
+transpose of the in-average. Only push-sum mixes with it.
 """
 from __future__ import annotations
 
@@ -58,6 +64,19 @@ def max_degree(adjacency: np.ndarray, directed: bool = False) -> np.ndarray:
   return _fill_diagonal_remainder(W)
 
 
+def column_uniform(adjacency: np.ndarray, directed: bool = False) -> np.ndarray:
+  """w_ij = 1 / (1 + out-degree of j) on j's out-neighbours i and on j itself (column-stochastic)."""
+  del directed  # the same formula on any graph
+  out_degree = adjacency.sum(axis=0).astype(int)
+  W = adjacency / (out_degree[None, :] + 1.0)
+  np.fill_diagonal(W, 1.0 / (out_degree + 1.0))
+  return W
+
+
+# Weights whose columns, not rows, sum to 1 (checked as such by `topologies.make`).
+COLUMN_STOCHASTIC_WEIGHTS = {"column_uniform"}
+
+
 def lazy(W: np.ndarray, laziness: float) -> np.ndarray:
   """W <- (1 - beta) W + beta I: keeps a share beta of a node's own model (beta = laziness)."""
   if laziness == 0:
@@ -66,4 +85,4 @@ def lazy(W: np.ndarray, laziness: float) -> np.ndarray:
 
 
 WEIGHTS = {"metropolis_hastings": metropolis_hastings, "uniform": uniform,
-           "max_degree": max_degree}
+           "max_degree": max_degree, "column_uniform": column_uniform}

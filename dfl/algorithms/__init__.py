@@ -10,7 +10,9 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from dfl.aggregation.compressors import make_compressor
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics
+from dfl.algorithms.choco import choco
 from dfl.algorithms.dfedavg import dfedavg
 from dfl.algorithms.dfedsam import dfedsam
 from dfl.algorithms.dfedsam_mgs import PAPER_GOSSIP_STEPS, dfedsam_mgs
@@ -19,6 +21,7 @@ from dfl.algorithms.fedavg import fedavg
 from dfl.algorithms.fedsam import fedsam
 from dfl.algorithms.gossip import gossip_learning
 from dfl.algorithms.modest import modest
+from dfl.algorithms.push_sum import push_sum
 from dfl.errors import UserError
 from dfl.imports import is_import_path, resolve
 from dfl.membership import build_membership
@@ -115,6 +118,17 @@ def _dpsgd(a, ctx: BuildContext) -> Algorithm:
                **_local(a, ctx, DPSGD_LOCAL_STEPS))
 
 
+def _choco(a, ctx: BuildContext) -> Algorithm:
+  compressor = make_compressor(a.compressor, ratio=a.compression_ratio,
+                               levels=a.quantization_levels)
+  return choco(ctx.loss_fn, compressor, consensus_step=a.consensus_step,
+               momentum=_momentum(a, 0.0), **_local(a, ctx, DPSGD_LOCAL_STEPS))
+
+
+def _push_sum(a, ctx: BuildContext) -> Algorithm:
+  return push_sum(ctx.loss_fn, momentum=_momentum(a, 0.0), **_local(a, ctx, DPSGD_LOCAL_STEPS))
+
+
 def _fedavg(a, ctx: BuildContext) -> Algorithm:
   return fedavg(ctx.loss_fn, num_nodes=ctx.num_nodes, client_fraction=a.client_fraction,
                 momentum=_momentum(a, 0.0), aggregation_weights=a.aggregation_weights,
@@ -147,6 +161,8 @@ def _modest(a, ctx: BuildContext) -> Algorithm:
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "dpsgd": _dpsgd,
+    "choco": _choco,
+    "push_sum": _push_sum,
     "dfedavg": _dfedavg,
     "dfedavgm": _dfedavgm,
     "dfedsam": _dfedsam,
@@ -158,7 +174,24 @@ ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
 }
 
 # Algorithms that communicate over the topology's graph (the others ignore W).
-USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "gossip"}
+USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "gossip", "choco",
+                 "push_sum"}
+
+# Gossip algorithms whose exchange is a plain gossip step that `BuildContext.mixer` (variance
+# correction) may replace; CHOCO mixes public copies and push-sum numerators instead.
+USES_MIXER = USES_TOPOLOGY - {"choco", "push_sum"}
+
+# Algorithms that hold copies of their neighbours' state and so need a fixed graph (no
+# time-varying topology, no schedule).
+STATIC_TOPOLOGY_ONLY = {"choco"}
+
+# Algorithms that need a column-stochastic W (topology.weights=column_uniform on a directed
+# graph, or any doubly stochastic W), and the only ones that may use column_uniform weights.
+COLUMN_STOCHASTIC = {"push_sum"}
+
+# The CHOCO fields of the algorithm section and their defaults (unused elsewhere).
+CHOCO_FIELDS = {"compressor": "identity", "compression_ratio": 0.1, "quantization_levels": 16,
+                "consensus_step": 0.9}
 
 # Algorithms whose rounds may repeat gossip (algorithm.gossip_steps = Q).
 USES_GOSSIP_STEPS = {"dfedsam", "dfedsam_mgs"}
@@ -182,5 +215,6 @@ def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
 
 
 __all__ = ["Algorithm", "RoundInputs", "RoundMetrics", "BuildContext", "ALGORITHMS",
-           "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
+           "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "USES_MIXER", "STATIC_TOPOLOGY_ONLY",
+           "COLUMN_STOCHASTIC", "CHOCO_FIELDS", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
            "build_algorithm", "local_work"]

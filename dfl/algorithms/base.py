@@ -36,6 +36,11 @@ class RoundMetrics(NamedTuple):
   sent_N: jax.Array  # [N] models sent by each node this round
   received_N: jax.Array  # [N] models received by each node this round
   control_messages: Any = 0  # small non-model messages this round (MoDeST's sampling probes)
+  # Bytes of each of this round's transfers, when a message is not one whole model (a compressed
+  # difference, a model with its push-sum weight, two mixed variables): a Python int computed
+  # from the leaves' static shapes. None: every transfer is one model (the driver's model bytes).
+  # The driver multiplies it by the transfers and sent_N / received_N on the host, in int64.
+  message_bytes: Any = None
 
 
 class Algorithm(NamedTuple):

@@ -78,3 +78,24 @@ def local_then_gossip(local_sgd: Callable, optimizer: optax.GradientTransformati
     return GossipState(params, opt_state), metrics
 
   return Algorithm(init, round_fn)
+
+
+def run_local_phase(local_sgd: Callable, params_N, opt_state_N, keys_N, data, lr_scale,
+                    num_steps_N: jax.Array | None = None):
+  """Every node's local phase, lifted over nodes: (params, opt_state, loss_N).
+
+  The local phase of `local_then_gossip` for algorithms with a state of their own (CHOCO-SGD,
+  push-sum). `lr_scale` is a scalar, or [N] per node (push-sum's 1 / w_i).
+  """
+  in_data = type(data)(None, None, 0, 0)  # x, y shared; one shard row per node
+  scale_axis = 0 if jnp.ndim(lr_scale) else None
+  if num_steps_N is None:
+    def phase(p, o, k, d, s):
+      return local_sgd(p, o, k, d, s)
+    return node_map(phase, in_axes=(0, 0, 0, in_data, scale_axis))(
+        params_N, opt_state_N, keys_N, data, lr_scale)
+
+  def phase_steps(p, o, k, d, s, steps):
+    return local_sgd(p, o, k, d, s, steps)
+  return node_map(phase_steps, in_axes=(0, 0, 0, in_data, scale_axis, 0))(
+      params_N, opt_state_N, keys_N, data, lr_scale, num_steps_N)

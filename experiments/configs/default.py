@@ -42,7 +42,8 @@ def get_config():
 
   c.topology = config_dict.ConfigDict()
   c.topology.name = "ring"  # any of topologies.NAMES; `python -m topologies --table` lists them
-  c.topology.weights = "metropolis_hastings"  # metropolis_hastings | uniform | max_degree
+  # metropolis_hastings | uniform | max_degree | column_uniform (push_sum: column-stochastic)
+  c.topology.weights = "metropolis_hastings"
   c.topology.laziness = 0.0  # beta: W <- (1 - beta) W + beta I
   c.topology.degree = 4  # random_regular / small_world (even) degree; random_neighbors draws
   c.topology.edge_prob = config_dict.placeholder(float)  # erdos_renyi p; None: 2 ln N / N
@@ -63,8 +64,10 @@ def get_config():
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.algorithm = config_dict.ConfigDict()
-  # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest, or a
-  # builder "package.module:build" called as build(algorithm_config, BuildContext) -> Algorithm
+  # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest |
+  # choco (CHOCO-SGD, compressed gossip) | push_sum (SGP; needs topology.weights=column_uniform
+  # on directed graphs), or a builder "package.module:build" called as
+  # build(algorithm_config, BuildContext) -> Algorithm
   c.algorithm.name = "dfedavg"
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t
@@ -92,6 +95,11 @@ def get_config():
   # (AMOUNT: a count, or a fraction of the active nodes when written with a '.'; num_nodes
   # counts every node that ever takes part, joiners included). See dfl/membership.py.
   c.algorithm.membership = ""
+  # choco: Q = identity | top_k | random_k | qsgd | sign (scaled sign), per parameter tensor
+  c.algorithm.compressor = "identity"
+  c.algorithm.compression_ratio = 0.1  # choco top_k/random_k: fraction of entries kept
+  c.algorithm.quantization_levels = 16  # choco qsgd: s, the levels per sign
+  c.algorithm.consensus_step = 0.9  # choco: gamma, x += gamma * sum_j w_ij (x̂_j - x̂_i)
 
   # Variance-corrected averaging (Tian et al. 2024) after every gossip step of any gossip
   # algorithm; see dfl/variance_correction.py.

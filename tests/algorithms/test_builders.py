@@ -90,6 +90,12 @@ def test_every_builder_augments_every_local_minibatch(name):
     (dict(local_epochs=300), "algorithm.local_epochs"),
     (dict(name="fedavg", keep_optimizer_state=True), "algorithm.keep_optimizer_state"),
     (dict(name="dpsgd", keep_optimizer_state=True), "algorithm.keep_optimizer_state"),
+    (dict(name="dpsgd", compressor="top_k"), "algorithm.compressor='top_k' is only used by"),
+    (dict(name="choco", compressor="zip"), "algorithm.compressor='zip'; valid"),
+    (dict(name="choco", compressor="qsgd", compression_ratio=0.5), "algorithm.compression_ratio"),
+    (dict(name="choco", compressor="top_k", compression_ratio=0.0), "algorithm.compression_ratio"),
+    (dict(name="choco", compressor="top_k", quantization_levels=4), "algorithm.quantization_levels"),
+    (dict(name="choco", consensus_step=1.5), "algorithm.consensus_step"),
 ])
 def test_bad_values_name_the_field(fields, message):
   c = default.get_config()

@@ -35,7 +35,11 @@ def assert_same_metrics(batched, separate):
 @pytest.mark.parametrize("algorithm,graph", [
     ("dfedavg", dict()),
     ("dpsgd", dict(topology__name="random_neighbors", topology__degree=2,
-                   topology__schedule="final_merge"))])
+                   topology__schedule="final_merge")),
+    # Compressed messages drawn from the node keys of each seed; push-sum weights per seed.
+    ("choco", dict(algorithm__compressor="random_k")),
+    ("push_sum", dict(topology__name="random_neighbors", topology__degree=1,
+                      topology__directed=True, topology__weights="column_uniform"))])
 def test_batched_seeds_equal_separate_runs(tmp_path, algorithm, graph):
   config = tiny_config(algorithm__name=algorithm, data__partition="dirichlet", train__rounds=5,
                        **graph)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfl.algorithms import ALGORITHMS, USES_TOPOLOGY
+from dfl.algorithms import ALGORITHMS, STATIC_TOPOLOGY_ONLY, USES_TOPOLOGY
 from dfl.algorithms.base import RoundInputs
 from dfl.experiment import build_experiment, mixing_operator
 from dfl.mixing import DenseMixing, SparseMixing
@@ -28,6 +28,7 @@ def _identity(mixing):
 
 def test_the_algorithms_refusing_a_schedule_are_those_without_a_topology():
   assert sorted(set(ALGORITHMS) - USES_TOPOLOGY) == ["fedavg", "fedsam", "modest"]
+  assert sorted(STATIC_TOPOLOGY_ONLY) == ["choco"]  # and CHOCO, which needs a fixed graph
 
 
 # Every algorithm x schedule on the dense form; the neighbour form for gossip learning (which
@@ -41,7 +42,7 @@ CASES = ([(name, schedule, "dense") for name in sorted(ALGORITHMS) for schedule 
 def test_merge_round_is_the_exact_mean_of_the_models_entering_it(name, schedule, form):
   config = tiny_config(num_nodes=6, algorithm__name=name, topology__name="ring",
                        topology__mixing_form=form, train__rounds=4, **SCHEDULES[schedule])
-  if name not in USES_TOPOLOGY:
+  if name not in USES_TOPOLOGY or name in STATIC_TOPOLOGY_ONLY:
     with pytest.raises(ValueError, match=rf"topology.schedule='{config.topology.schedule}' .*"
                                          rf"algorithm.name='{name}'"):
       build_experiment(config)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import topologies
-from dfl.algorithms import ALGORITHMS
+from dfl.algorithms import ALGORITHMS, COLUMN_STOCHASTIC, STATIC_TOPOLOGY_ONLY
 from dfl.train import train_and_evaluate
 from tests.conftest import tiny_config
 
@@ -26,6 +26,13 @@ def test_every_algorithm_runs_on_every_topology(algorithm, name, edges_file, tmp
   config = tiny_config(num_nodes=8, algorithm__name=algorithm, topology__name=name,
                        topology__edges_file=edges_file if name == "from_edges" else "",
                        train__rounds=2, eval__every_rounds=2, eval__local_examples=50)
+  if algorithm in COLUMN_STOCHASTIC:  # push-sum mixes with column-stochastic weights
+    config.topology.weights = "column_uniform"
+  if algorithm in STATIC_TOPOLOGY_ONLY and topologies.make(
+      name, 8, edges_file=config.topology.edges_file).time_varying:
+    with pytest.raises(ValueError, match=rf"algorithm.name='{algorithm}' .* fixed graph"):
+      train_and_evaluate(config, str(tmp_path))
+    return
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["rounds"] == 2 and summary["final_train_loss"] > 0
   assert 0 <= summary["final_test_accuracy"] <= 1
@@ -45,3 +52,15 @@ def test_final_merge_reports_local_models_before_and_the_merged_model(tmp_path):
   assert summary["final_consensus_distance"] < 1e-8
   assert summary["final_test_accuracy_local_mean"] == pytest.approx(
       summary["final_test_accuracy"], abs=1e-6)
+
+
+def test_push_sum_refuses_a_row_stochastic_directed_graph(tmp_path):
+  config = tiny_config(algorithm__name="push_sum", topology__name="random_pull")
+  with pytest.raises(ValueError, match="column-stochastic.*topology.weights='column_uniform'"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_column_weights_are_refused_by_the_other_algorithms(tmp_path):
+  config = tiny_config(algorithm__name="dpsgd", topology__weights="column_uniform")
+  with pytest.raises(ValueError, match="topology.weights='column_uniform'.*push_sum"):
+    train_and_evaluate(config, str(tmp_path))
