@@ -55,6 +55,8 @@ def local_work(a, shard_sizes: np.ndarray, default_steps: int = DEFAULT_LOCAL_ST
   E * ceil(n_i / batch_size) steps and K is their maximum (the scan length; shorter nodes mask)."""
   if not a.local_epochs:
     return LocalWork(default_steps if a.local_steps is None else int(a.local_steps), None, None)
+  if a.batch_size == 0:  # full batches: an epoch is one step
+    return LocalWork(int(a.local_epochs), None, int(a.local_epochs))
   steps_N = a.local_epochs * -(-np.asarray(shard_sizes, np.int64) // a.batch_size)
   if np.all(steps_N == steps_N[0]):  # equal shards: no masking needed
     return LocalWork(int(steps_N[0]), None, int(a.local_epochs))

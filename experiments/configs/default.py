@@ -15,7 +15,9 @@ def get_config():
   c.num_nodes = 16
 
   c.data = config_dict.ConfigDict()
-  c.data.name = "digits"  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100
+  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100 | least_squares (synthetic,
+  # with model.name=linear; node i gets its own rows A_i, b_i, data.partition is not used)
+  c.data.name = "digits"
   c.data.dir = ""  # root with one folder per dataset; empty = $DFL_DATA_DIR
   # iid | dirichlet (per class, Hsu et al.) | dirichlet_client (equal sizes, per-client prior,
   # DisPFL / DA-DPFL) | pathological
@@ -24,9 +26,18 @@ def get_config():
   c.data.classes_per_node = 2  # pathological: k, every node holds exactly k classes (Path(k))
   c.data.seed = config_dict.placeholder(int)  # None: derived from seed
   c.data.augment = "none"  # none | crop_flip (4-pixel padded random crop + flip, image data)
+  # least_squares (dfl/data/least_squares.py): h >= 0, node i's minimizer x0 + h z_i (0: all
+  # nodes share the minimizer); d features; n rows per node (n >= d)
+  c.data.heterogeneity = 0.0
+  c.data.dim = 10
+  c.data.samples_per_node = 32
 
   c.model = config_dict.ConfigDict()
-  c.model.name = "mlp"  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR)
+  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR) | linear (least_squares)
+  c.model.name = "mlp"
+  # L2 term (l2/2)||params||^2 in every node's loss (part of the objective, unlike the
+  # optimizer's weight_decay); logreg with l2 > 0 and linear also report distance_to_optimum
+  c.model.l2 = 0.0
   c.model.hidden = (200, 200)  # MLP widths
   # Convolutions (cnn, lenet5, vgg11, resnet18): auto | xla | im2col; auto = im2col (matmuls)
   # on CPU, where XLA's convolutions are slow inside loops, xla (cuDNN) on GPU. dfl/layers.py.
@@ -63,7 +74,7 @@ def get_config():
   # K local steps per round (used when local_epochs = 0); None: 5, or 1 for dpsgd.
   c.algorithm.local_steps = config_dict.placeholder(int)
   c.algorithm.local_epochs = 0  # E > 0: node i takes E * ceil(shard_i / batch_size) steps
-  c.algorithm.batch_size = 32
+  c.algorithm.batch_size = 32  # 0: full batches (every step uses the node's whole shard)
   c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm, else 0
   c.algorithm.weight_decay = 0.0
   c.algorithm.clip_norm = config_dict.placeholder(float)  # gradient global-norm clip (DisPFL: 10)
