@@ -6,8 +6,8 @@ import math
 
 import topologies
 from dfl import execution, variance_correction
-from dfl.algorithms import (ALGORITHMS, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
-                            USES_TOPOLOGY)
+from dfl.algorithms import (ALGORITHMS, NO_VARIANCE_CORRECTION, USES_GOSSIP_STEPS,
+                            USES_KEEP_OPTIMIZER_STATE, USES_TOPOLOGY)
 from dfl.data import DATASETS, IMAGE_DATASETS
 from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
@@ -206,6 +206,9 @@ def _validate_variance_correction(vc, algorithm_name: str) -> None:
   _require(algorithm_name in USES_TOPOLOGY,
            f"variance_correction.enabled=True needs a gossip algorithm, but algorithm.name="
            f"{algorithm_name!r}; valid: {sorted(USES_TOPOLOGY)}.")
+  _require(algorithm_name not in NO_VARIANCE_CORRECTION,
+           f"variance_correction.enabled=True rescales the models after gossip, which breaks the "
+           f"exact corrections of algorithm.name={algorithm_name!r}; disable it.")
   _one_of("variance_correction.target", vc.target, variance_correction.TARGETS)
   _one_of("variance_correction.estimator", vc.estimator, variance_correction.ESTIMATORS)
   _one_of("variance_correction.tensors", vc.tensors, variance_correction.TENSORS)

@@ -13,6 +13,9 @@ from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics
 from dfl.algorithms.dfedavg import dfedavg
 from dfl.algorithms.dfedsam import dfedsam
 from dfl.algorithms.dfedsam_mgs import PAPER_GOSSIP_STEPS, dfedsam_mgs
+from dfl.algorithms import exact_diffusion as _exact_diffusion_module
+from dfl.algorithms import gradient_tracking as _gradient_tracking_module
+from dfl.algorithms import qgm as _qgm_module
 from dfl.algorithms.dpsgd import dpsgd
 from dfl.algorithms.fedavg import fedavg
 from dfl.algorithms.fedsam import fedsam
@@ -154,10 +157,21 @@ ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "fedsam": _fedsam,
     "gossip": _gossip,
     "modest": _modest,
+    # Builders kept in the algorithm's own module.
+    "gradient_tracking": _gradient_tracking_module.build,
+    "exact_diffusion": _exact_diffusion_module.build,
+    "qgm": _qgm_module.build,
 }
 
 # Algorithms that communicate over the topology's graph (the others ignore W).
-USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "gossip"}
+USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "gossip",
+                 "gradient_tracking", "exact_diffusion", "qgm"}
+
+# Algorithms that take exactly one gradient per round (algorithm.local_steps unset or 1).
+ONE_GRADIENT_PER_ROUND = {"exact_diffusion", "qgm"}
+
+# Algorithms that cannot run variance-corrected mixing (it would break their corrections).
+NO_VARIANCE_CORRECTION = {"gradient_tracking", "exact_diffusion", "qgm"}
 
 # Algorithms whose rounds may repeat gossip (algorithm.gossip_steps = Q).
 USES_GOSSIP_STEPS = {"dfedsam", "dfedsam_mgs"}
@@ -171,5 +185,6 @@ def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
 
 
 __all__ = ["Algorithm", "RoundInputs", "RoundMetrics", "BuildContext", "ALGORITHMS",
-           "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
+           "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "ONE_GRADIENT_PER_ROUND",
+           "NO_VARIANCE_CORRECTION", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
            "build_algorithm", "local_work"]

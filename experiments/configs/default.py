@@ -67,15 +67,17 @@ def get_config():
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.algorithm = config_dict.ConfigDict()
-  # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest
+  # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest |
+  # gradient_tracking (K-GT / DSGT) | exact_diffusion (D^2) | qgm (QG-DSGDm)
   c.algorithm.name = "dfedavg"
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t
-  # K local steps per round (used when local_epochs = 0); None: 5, or 1 for dpsgd.
+  # K local steps per round (used when local_epochs = 0); None: 5, or 1 for dpsgd and
+  # gradient_tracking (exact_diffusion and qgm take exactly one)
   c.algorithm.local_steps = config_dict.placeholder(int)
   c.algorithm.local_epochs = 0  # E > 0: node i takes E * ceil(shard_i / batch_size) steps
   c.algorithm.batch_size = 32  # 0: full batches (every step uses the node's whole shard)
-  c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm, else 0
+  c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm and qgm, else 0
   c.algorithm.weight_decay = 0.0
   c.algorithm.clip_norm = config_dict.placeholder(float)  # gradient global-norm clip (DisPFL: 10)
   # dfedavg/dfedavgm/dfedsam/dfedsam_mgs: carry each node's momentum across rounds (False: reset)
