@@ -8,7 +8,7 @@ import topologies
 from dfl import execution, variance_correction
 from dfl.algorithms import (ALGORITHMS, NO_VARIANCE_CORRECTION, USES_GOSSIP_STEPS,
                             USES_KEEP_OPTIMIZER_STATE, USES_TOPOLOGY)
-from dfl.data import DATASETS, IMAGE_DATASETS
+from dfl.data import DATASETS, IMAGE_DATASETS, SYNTHETIC_DATASETS
 from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
 from dfl.local import MAX_EPOCHS
@@ -44,7 +44,7 @@ def validate_config(config) -> None:
   _one_of("data.partition", config.data.partition, PARTITIONS)
   if config.data.partition in ("dirichlet", "dirichlet_client"):
     _require(config.data.alpha > 0, f"data.alpha must be > 0, got {config.data.alpha}.")
-  if config.data.partition == "pathological":
+  if config.data.partition == "pathological" and config.data.name not in SYNTHETIC_DATASETS:
     k, num_classes = config.data.classes_per_node, DATASETS[config.data.name][1]
     _require(isinstance(k, int) and 1 <= k <= num_classes,
              f"data.classes_per_node must be an integer in [1, {num_classes}] for "

@@ -318,3 +318,39 @@ def test_full_batches_run_every_algorithm_of_the_driver(tmp_path):
   summary = train_and_evaluate(c, str(tmp_path))
   assert "final_test_accuracy" not in summary and summary["final_distance_to_optimum"] > 0
   assert summary["best_test_loss"] <= summary["final_test_loss"] + 1e-12
+
+
+# ---------------------------------------------------------------- the driver around them
+
+def test_least_squares_with_batched_seeds_needs_a_shared_problem(tmp_path):
+  from dfl.batched import train_and_evaluate_seeds
+  c = ls_config("exact_diffusion")
+  c.train.rounds, c.eval.every_rounds = 2, 2
+  with pytest.raises(ValueError, match="fix data.seed"):
+    train_and_evaluate_seeds(c, [0, 1], [str(tmp_path / "a"), str(tmp_path / "b")])
+  c.data.seed = 7  # one problem for every seed: batched runs equal separate ones
+  summaries = train_and_evaluate_seeds(c, [0, 1], [str(tmp_path / "c"), str(tmp_path / "d")])
+  from dfl.train import train_and_evaluate
+  c.seed = 1
+  separate = train_and_evaluate(c, str(tmp_path / "e"))
+  assert summaries[1]["final_distance_to_optimum"] == pytest.approx(
+      separate["final_distance_to_optimum"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gradient_tracking", "exact_diffusion", "qgm"])
+def test_resumed_run_equals_uninterrupted_bit_for_bit(name, tmp_path):
+  """Stopping after 2 rounds and extending train.rounds to 4 resumes from the checkpoint (the
+  second variable included) and writes the records of the run that never stopped."""
+  from dfl.train import train_and_evaluate
+  import json
+  c = ls_config(name, local_steps=2) if name == "gradient_tracking" else ls_config(name)
+  c.algorithm.batch_size = 4  # stochastic: the replayed batches must be the same too
+  c.train.rounds, c.eval.every_rounds, c.checkpoint.every_rounds = 4, 2, 2
+  train_and_evaluate(c, str(tmp_path / "whole"))
+  c.train.rounds = 2
+  train_and_evaluate(c, str(tmp_path / "parts"))
+  c.train.rounds = 4
+  train_and_evaluate(c, str(tmp_path / "parts"))
+  read = lambda d: [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
+                    for line in open(tmp_path / d / "metrics.jsonl")]
+  assert read("parts") == read("whole")
