@@ -37,7 +37,7 @@ from dfl.metric_writers import make_metric_writer
 from dfl.progress import progress_bar
 from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
 from dfl.train import (OUTPUTS, _before_merge, checkpoint_due, chunk_end, evaluation_record,
-                       make_summary, run_meta, start_or_resume)
+                       headline, make_summary, run_meta, start_or_resume)
 
 _stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -64,6 +64,21 @@ def stacked_data(exps: list[Experiment]) -> NodeData:
   indices = np.stack([_pack(e.shards, width) for e in exps])
   sizes = np.stack([np.asarray(e.data.sizes) for e in exps])
   return NodeData(exps[0].data.x, exps[0].data.y, jnp.asarray(indices), jnp.asarray(sizes))
+
+
+def check_shared_problem(exps: list[Experiment]) -> None:
+  """The seeds share one evaluator (and the first seed's training arrays x, y): a generated
+  dataset, or a global minimizer x*, that differs between seeds cannot be batched."""
+  first = exps[0]
+  same_data = all(np.array_equal(e.dataset.x_train, first.dataset.x_train) and
+                  np.array_equal(e.dataset.y_train, first.dataset.y_train) for e in exps[1:])
+  same_optimum = all(_tree_equal(e.optimum, first.optimum) for e in exps[1:])
+  if not (same_data and same_optimum):
+    raise ValueError(
+        f"data.name={first.config.data.name!r} gives each seed its own "
+        f"{'problem' if not same_data else 'global minimizer x*'}, but batched seeds share one "
+        "dataset and one evaluator; fix data.seed so that the seeds share the data, or run the "
+        "seeds one by one.")
 
 
 def check_same_program(exps: list[Experiment], state, data: NodeData, mixing) -> None:
@@ -148,6 +163,7 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
   if len(sparse_S) > 1:
     raise ValueError("Seeds' graphs choose different mixing forms; set topology.mixing_form.")
   sparse = sparse_S.pop()
+  check_shared_problem(exps)
 
   data = stacked_data(exps)
   for workdir in workdirs:
@@ -227,7 +243,8 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
                       {**metas[s], "comm": comms[s].state_dict(), "wall_seconds": wall,
                        "record": records[s][-1]})
         bar.update(length)
-        bar.set_postfix(acc=f"{np.mean([r[-1]['test_accuracy'] for r in records]):.4f}")
+        short, _, _ = headline(records[0][-1])
+        bar.set_postfix(**{short: f"{np.mean([headline(r[-1])[2] for r in records]):.4g}"})
         if preempted:
           for ckpt in checkpoints:
             ckpt.wait()
@@ -256,7 +273,7 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     summaries.append(summary)
-  print(f"{len(seeds)} seeds in one program, {wall:.1f} s; final test accuracy of the "
-        f"node-averaged model: " + ", ".join(f"{x['final_test_accuracy']:.4f}" for x in summaries),
-        flush=True)
+  key = "final_test_accuracy" if "final_test_accuracy" in summaries[0] else "final_test_loss"
+  print(f"{len(seeds)} seeds in one program, {wall:.1f} s; {key.replace('_', ' ')} of the "
+        f"node-averaged model: " + ", ".join(f"{x[key]:.4g}" for x in summaries), flush=True)
   return summaries

@@ -7,10 +7,10 @@ import math
 import topologies
 from dfl import execution, variance_correction
 from dfl.aggregation.compressors import COMPRESSORS
-from dfl.algorithms import (ALGORITHMS, CHOCO_FIELDS, COLUMN_STOCHASTIC, STATIC_TOPOLOGY_ONLY,
-                            USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE, USES_MIXER,
-                            USES_TOPOLOGY)
-from dfl.data import DATASETS, IMAGE_DATASETS
+from dfl.algorithms import (ALGORITHMS, CHOCO_FIELDS, COLUMN_STOCHASTIC, NO_VARIANCE_CORRECTION,
+                            STATIC_TOPOLOGY_ONLY, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
+                            USES_MIXER, USES_TOPOLOGY)
+from dfl.data import DATASETS, IMAGE_DATASETS, SYNTHETIC_DATASETS
 from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
 from dfl.imports import is_import_path
@@ -18,7 +18,7 @@ from dfl.local import MAX_EPOCHS
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
 from dfl.layers import CONV_IMPLS
-from dfl.models import MODELS
+from dfl.models import MODELS, REGRESSION_MODELS
 
 
 def _require(ok: bool, message: str):
@@ -58,7 +58,8 @@ def validate_config(config) -> None:
   _one_of("data.partition", config.data.partition, PARTITIONS)
   if config.data.partition in ("dirichlet", "dirichlet_client"):
     _require(config.data.alpha > 0, f"data.alpha must be > 0, got {config.data.alpha}.")
-  if config.data.partition == "pathological" and config.data.name in DATASETS:
+  if (config.data.partition == "pathological" and config.data.name in DATASETS
+      and config.data.name not in SYNTHETIC_DATASETS):
     k, num_classes = config.data.classes_per_node, DATASETS[config.data.name][1]
     _require(isinstance(k, int) and 1 <= k <= num_classes,
              f"data.classes_per_node must be an integer in [1, {num_classes}] for "
@@ -71,6 +72,7 @@ def validate_config(config) -> None:
   _require(isinstance(config.eval.personal_test, bool),
            f"eval.personal_test must be True or False, got {config.eval.personal_test!r}.")
   _registered_or_path("model.name", config.model.name, MODELS)
+  _validate_problem(config)
   _one_of("model.conv", config.model.conv, CONV_IMPLS)
   _one_of("topology.name", config.topology.name, topologies.NAMES)
   _one_of("topology.mixing_form", config.topology.mixing_form, ("auto", "dense", "sparse"))
@@ -88,7 +90,9 @@ def validate_config(config) -> None:
            f"algorithm.local_steps={a.local_steps} may read more than {MAX_EPOCHS} epochs of a "
            f"small shard in one round, more than the batch stream supports (dfl/local.py); "
            f"use at most {MAX_EPOCHS}, or algorithm.local_epochs.")
-  _require(a.batch_size >= 1, f"algorithm.batch_size must be >= 1, got {a.batch_size}.")
+  _require(isinstance(a.batch_size, int) and a.batch_size >= 0,
+           f"algorithm.batch_size must be an integer >= 1, or 0 for full batches (the node's "
+           f"whole shard every step), got {a.batch_size!r}.")
   _require(a.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {a.weight_decay}.")
   clip_norm = a.get("clip_norm")
   _require(clip_norm is None or clip_norm > 0,
@@ -195,6 +199,34 @@ def _validate_choco(a) -> None:
            f"algorithm.consensus_step (CHOCO's gamma) must be in (0, 1], got {a.consensus_step}.")
 
 
+def _validate_problem(config) -> None:
+  """The synthetic least-squares problem and the loss's L2 term."""
+  data, model = config.data, config.model
+  least_squares = data.name == "least_squares"
+  _require(least_squares == (model.name in REGRESSION_MODELS),
+           f"data.name={data.name!r} with model.name={model.name!r}: least_squares is a "
+           f"regression and needs model.name='linear', and model.name='linear' needs "
+           f"data.name='least_squares'.")
+  h = data.get("heterogeneity", 0.0)
+  _require(isinstance(h, (int, float)) and h >= 0,
+           f"data.heterogeneity must be a number >= 0 (0: every node has the same minimizer), "
+           f"got {h!r}.")
+  _require(least_squares or h == 0,
+           f"data.heterogeneity={h} is only used by data.name='least_squares', not "
+           f"{data.name!r}; leave it 0 (data.partition sets the skew of real data).")
+  if least_squares:
+    _require(isinstance(data.dim, int) and data.dim >= 1,
+             f"data.dim must be an integer >= 1, got {data.dim!r}.")
+    _require(isinstance(data.samples_per_node, int) and data.samples_per_node >= data.dim,
+             f"data.samples_per_node must be an integer >= data.dim={data.dim} (each node's "
+             f"loss is strongly convex only with at least d rows), got {data.samples_per_node!r}.")
+    _require(not config.eval.personal_test,
+             "eval.personal_test=True draws per-node test splits by class, which "
+             "data.name='least_squares' does not have; leave it False.")
+  l2 = model.get("l2", 0.0)
+  _require(isinstance(l2, (int, float)) and l2 >= 0, f"model.l2 must be >= 0, got {l2!r}.")
+
+
 # Algorithms whose aggregation can weight models by their sample counts.
 USES_AGGREGATION_WEIGHTS = {"fedavg", "gossip"}
 
@@ -225,6 +257,9 @@ def _validate_schedule(topology, algorithm_name: str, vc) -> None:
 def _validate_variance_correction(vc, algorithm_name: str) -> None:
   if vc is None or not vc.enabled:
     return
+  _require(algorithm_name not in NO_VARIANCE_CORRECTION,
+           f"variance_correction.enabled=True rescales the models after gossip, which breaks the "
+           f"exact corrections of algorithm.name={algorithm_name!r}; disable it.")
   _require(algorithm_name in USES_MIXER or is_import_path(algorithm_name),
            f"variance_correction.enabled=True needs a gossip algorithm that mixes models, but "
            f"algorithm.name={algorithm_name!r}; valid: {sorted(USES_MIXER)} or one named by "

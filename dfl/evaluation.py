@@ -25,6 +25,12 @@ from dfl import execution
 from dfl.mixing import consensus_distance, node_mean
 
 
+def squared_distance(tree_a, tree_b) -> jax.Array:
+  """||a - b||^2 summed over every leaf (float32 on device)."""
+  return sum(jnp.sum(jnp.square(a - jnp.asarray(b, a.dtype)))
+             for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)))
+
+
 def _batched(x: np.ndarray, y: np.ndarray, batch_size: int):
   """Pads to a multiple of batch_size; returns x [B, b, ...], y [B, b], mask [B, b]."""
   n = len(y)
@@ -54,8 +60,15 @@ def _personal_batches(splits: list[np.ndarray], batch_size: int):
 def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *,
                    batch_size: int = 1000, local_examples: int = 0,
                    execution_strategy: str = "auto",
-                   personal_splits: Optional[list[np.ndarray]] = None) -> Callable:
+                   personal_splits: Optional[list[np.ndarray]] = None,
+                   regression: bool = False, optimum=None) -> Callable:
   """Returns evaluate(params_N) -> dict of scalar device arrays.
+
+  `regression` (a one-output model with float targets, e.g. least squares): no accuracy keys;
+  test_loss is (1/2) mean (f(x) - y)^2 of x̄ on the test set, test_loss_local_mean the mean
+  over nodes of each node's own, consensus_distance as below. `optimum` (a params pytree
+  without the node axis, the global minimizer x*, dfl/optimum.py) adds distance_to_optimum
+  ||x̄ - x*||^2 and distance_to_optimum_local_mean (1/N) sum_i ||x_i - x*||^2, either way.
 
   Keys: test_accuracy, test_loss (node-averaged model x̄ on the whole test set),
   test_accuracy_local_mean (mean over nodes of each node's accuracy on the first
@@ -73,9 +86,13 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
   def totals(params, xb, yb, mb):
     def body(acc, batch):
       x, y, m = batch
-      logits = apply_fn({"params": params}, x)
-      correct = jnp.sum((jnp.argmax(logits, -1) == y) & m)
-      loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * m)
+      out = apply_fn({"params": params}, x)
+      if regression:
+        correct = jnp.int32(0)
+        loss = jnp.sum(0.5 * jnp.square(out[..., 0] - y) * m)
+      else:
+        correct = jnp.sum((jnp.argmax(out, -1) == y) & m)
+        loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(out, y) * m)
       return (acc[0] + correct, acc[1] + loss), None
     (correct, loss), _ = jax.lax.scan(body, (jnp.int32(0), jnp.float32(0)), (xb, yb, mb))
     n = jnp.sum(mb)
@@ -89,10 +106,19 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
     mean_params = node_mean(params_N)
     acc, loss = totals(mean_params, *full)
     with execution.using(execution_strategy):
-      local_acc_N, _ = execution.node_map(totals, in_axes=(0, None, None, None))(params_N, *local)
-    figures = {"test_accuracy": acc, "test_loss": loss,
-               "test_accuracy_local_mean": jnp.mean(local_acc_N),
-               "consensus_distance": consensus_distance(params_N)}
+      local_acc_N, local_loss_N = execution.node_map(totals, in_axes=(0, None, None, None))(
+          params_N, *local)
+    if regression:
+      figures = {"test_loss": loss, "test_loss_local_mean": jnp.mean(local_loss_N),
+                 "consensus_distance": consensus_distance(params_N)}
+    else:
+      figures = {"test_accuracy": acc, "test_loss": loss,
+                 "test_accuracy_local_mean": jnp.mean(local_acc_N),
+                 "consensus_distance": consensus_distance(params_N)}
+    if optimum is not None:
+      figures["distance_to_optimum"] = squared_distance(mean_params, optimum)
+      figures["distance_to_optimum_local_mean"] = jnp.mean(jax.vmap(
+          lambda p: squared_distance(p, optimum))(params_N))
     if personal is not None:
       # The full set's padded batches, flattened, are the test set the split indices point into.
       x_flat = full[0].reshape((-1,) + full[0].shape[2:])

@@ -20,7 +20,7 @@ import topologies
 from dfl.algorithms import (COLUMN_STOCHASTIC, STATIC_TOPOLOGY_ONLY, Algorithm, BuildContext,
                             build_algorithm)
 from dfl.config_checks import validate_config
-from dfl.data import Dataset, load_dataset
+from dfl.data import SYNTHETIC_DATASETS, Dataset, load_dataset
 from dfl.data.augment import black_pixel, make_augment
 from dfl.data.partition import class_counts, pack_shards, partition, personal_test_split
 from dfl.engine import make_chunk_runner
@@ -28,7 +28,8 @@ from dfl.errors import UserError, user_input
 from dfl.evaluation import make_evaluator
 from dfl.local import NodeData
 from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
-from dfl.models import cross_entropy_loss, make_model
+from dfl.models import REGRESSION_MODELS, make_loss, make_model
+from dfl.optimum import global_optimum
 from dfl.sharding import NodePlacement, make_placement
 from dfl.variance_correction import build_mixer
 
@@ -54,6 +55,7 @@ class Experiment:
   init_params: Any  # [N, ...]
   placement: NodePlacement  # the device mesh the node axis is sharded over
   personal_splits: Any = None  # eval.personal_test: per-node index arrays into the test set
+  optimum: Any = None  # the global objective's minimizer x* (one node's params), if computed
 
 
 def _seed(override, seed: int, stream: int) -> int:
@@ -96,9 +98,18 @@ def check_fits_data(config, num_train: int) -> None:
                     f"data.name={config.data.name!r}: every node needs at least one sample.")
 
 
+def synthetic_problem(config, seed: int):
+  """The options of a generated dataset (least_squares), else None."""
+  if config.data.name != "least_squares":
+    return None
+  return dict(num_nodes=config.num_nodes, dim=config.data.dim,
+              samples_per_node=config.data.samples_per_node,
+              heterogeneity=float(config.data.heterogeneity), seed=seed)
+
+
 def warn_batch_exceeds_shards(batch_size: int, sizes) -> None:
   sizes = np.asarray(sizes)
-  if batch_size > sizes.max():
+  if batch_size > sizes.max():  # (batch_size 0 asks for full batches)
     print(f"warning: algorithm.batch_size={batch_size} is larger than every node's shard "
           f"({sizes.min()}-{sizes.max()} samples): each local step uses a node's whole shard.",
           file=sys.stderr, flush=True)
@@ -135,16 +146,19 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   validate_config(config)
   n = config.num_nodes
   placement = make_placement(config.mesh, n)  # before any other JAX work (multi-host init)
+  data_seed = _seed(config.data.seed, config.seed, _PARTITION_STREAM)
   if dataset is None:
     with user_input():  # what fails here is the named data, not the code
-      dataset = load_dataset(config.data.name, config.data.dir or None, _kwargs(config.data))
+      dataset = load_dataset(config.data.name, config.data.dir or None, _kwargs(config.data),
+                             problem=synthetic_problem(config, data_seed))
   check_augment(config.data.augment, dataset)
   check_fits_data(config, len(dataset.y_train))  # before the partition, which grows with N
+  # A synthetic per-node problem gives node i its own rows, whatever data.partition says.
+  scheme = "natural" if config.data.name in SYNTHETIC_DATASETS else config.data.partition
   with user_input(ValueError):
-    shards = partition(dataset.y_train, n, config.data.partition, alpha=config.data.alpha,
+    shards = partition(dataset.y_train, n, scheme, alpha=config.data.alpha,
                        classes_per_node=config.data.classes_per_node,
-                       node_ids=dataset.node_ids_train,
-                       seed=_seed(config.data.seed, config.seed, _PARTITION_STREAM))
+                       node_ids=dataset.node_ids_train, seed=data_seed)
   indices, sizes = pack_shards(shards)
   warn_batch_exceeds_shards(config.algorithm.batch_size, sizes)
   data = placement.node_data(dataset.x_train, dataset.y_train, indices, sizes)
@@ -163,7 +177,8 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   init_params = placement.build(
       lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),
       jax.random.fold_in(root, _INIT_STREAM))
-  loss_fn = cross_entropy_loss(model)
+  l2 = float(config.model.get("l2", 0.0))
+  loss_fn = make_loss(config.model.name, model, l2)
   augment = make_augment(config.data.augment, dataset.input_shape,
                          pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
@@ -177,14 +192,17 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
     personal = personal_test_split(
         class_counts(dataset.y_train, shards, dataset.num_classes), dataset.y_test,
         np.random.default_rng(_seed(None, config.seed, _PERSONAL_TEST_STREAM)))
+  optimum = global_optimum(config.model.name, jax.tree.map(lambda x: x[0], init_params),
+                           dataset.x_train, dataset.y_train, shards, dataset.num_classes, l2)
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
                             local_examples=config.eval.local_examples,
                             execution_strategy=config.train.execution,
-                            personal_splits=personal)
+                            personal_splits=personal,
+                            regression=config.model.name in REGRESSION_MODELS, optimum=optimum)
   return Experiment(config, dataset, shards, data, model, topology, algorithm,
                     placement.runner(make_chunk_runner(algorithm, config.train.execution)),
                     evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
                     tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement,
-                    personal)
+                    personal, optimum)

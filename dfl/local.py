@@ -23,6 +23,10 @@ per-sample 0/1 mask, see `dfl.models.cross_entropy_loss`), as the short batch of
 All of it runs on device, inside jit and vmap, with one `top_k` per node and round
 (`batch_stream`).
 
+Full batches (`batch_size=0`): every step reads the node's whole shard, the padded row of L
+slots with the first n valid (`full_batch_stream`): the step's gradient is the exact gradient of
+the node's loss f_i; an "epoch" is then one step.
+
 Optional per-batch data augmentation: `augment(key, x_B) -> x_B`, applied to each step's
 minibatch with the key fold_in(fold_in(node_key, AUGMENT_STREAM), k) (a stream apart from the
 shuffling keys).
@@ -106,9 +110,19 @@ def _uniform_prefix(key: jax.Array, width: int, used: int) -> jax.Array:
   return jax.random.uniform(key, (used,))
 
 
+def full_batch_stream(size: jax.Array, width: int, num_steps: int) -> BatchStream:
+  """`num_steps` batches that are each the node's whole shard: the L slots of its row, the first
+  n = size valid (batch_size = 0)."""
+  slots_KxL = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (num_steps, width))
+  mask_KxL = slots_KxL < size
+  return BatchStream(slots_KxL, mask_KxL, jnp.arange(num_steps, dtype=jnp.int32))
+
+
 def batch_stream(key: jax.Array, size: jax.Array, width: int, *, batch_size: int,
                  num_steps: int, max_epochs: Optional[int] = None) -> BatchStream:
   """The first `num_steps` batches of one node's round stream (module docstring).
+
+  batch_size = 0 is the full-batch stream (`full_batch_stream`; `key` is not used).
 
   Epoch e's order is `shuffled_positions(fold_in(key, e), size, width)`: the n valid slots
   sorted by u_e = uniform(fold_in(key, e), (width,)), ties by slot. All epochs come from ONE
@@ -122,11 +136,13 @@ def batch_stream(key: jax.Array, size: jax.Array, width: int, *, batch_size: int
     key: the node's key of the round; epoch e is shuffled with fold_in(key, e).
     size: n, the node's number of samples (traced).
     width: L, the padded width of the shard row (static).
-    batch_size: B.
+    batch_size: B; 0: every batch is the whole shard.
     num_steps: K, the number of batches (static).
     max_epochs: a bound on the epochs any step that counts reads (local_epochs mode: E);
       None: K, always enough. Steps past the bound (masked no-ops) read arbitrary slots.
   """
+  if batch_size == 0:
+    return full_batch_stream(size, width, num_steps)
   b, k_steps = batch_size, num_steps
   epochs = min(k_steps, max_epochs or k_steps)
   if epochs > MAX_EPOCHS:  # (e + 1) * 2^23 + rank must stay below the padding key
@@ -177,7 +193,7 @@ def make_local_sgd(loss_fn: Callable, optimizer: optax.GradientTransformation, *
     loss_fn: loss(params, x_B, y_B, mask_B) -> mean loss over the lanes where mask_B is 1.
     optimizer: the local optax chain (`make_optimizer`).
     local_steps: K, the scan length.
-    batch_size: B.
+    batch_size: B; 0: full batches (every step uses the node's whole shard).
     gradient: replaces jax.value_and_grad(loss_fn), e.g. `dfl.sam.sam_gradient`.
     augment: optional augment(key, x_B) -> x_B applied to every step's minibatch.
     max_epochs: bound on the epochs a round reads (`batch_stream`); E in local_epochs mode.
@@ -216,3 +232,33 @@ def make_local_sgd(loss_fn: Callable, optimizer: optax.GradientTransformation, *
     return params, opt_state, losses.sum() / jnp.maximum(num_steps, 1)
 
   return local_sgd
+
+
+def minibatch_gradient(loss_fn: Callable, params: PyTree, key: jax.Array, data: NodeData, *,
+                       batch_size: int, step: int = 0, augment: Optional[AugmentFn] = None,
+                       gradient: Optional[GradientFn] = None) -> tuple[jax.Array, PyTree]:
+  """(loss, grads) of one node on batch `step` of its round stream, as local SGD reads it.
+
+  For algorithms that need a stochastic gradient at a given point rather than a local SGD
+  phase (gradient tracking, exact diffusion, quasi-global momentum): the batch is the one
+  `make_local_sgd`'s step `step` would read with the same node key (the same `batch_stream`,
+  the same augmentation key), so batch_size = 0 gives the exact gradient of the node's loss.
+
+  Args:
+    loss_fn: loss(params, x_B, y_B, mask_B), the masked mean over the batch.
+    params: the point, one node's parameters (no node axis).
+    key: the node's key of the round.
+    data: the node's data (its shard row `indices [L]`, `sizes` scalar).
+    batch_size: B; 0: the whole shard.
+    step: which batch of the stream (static).
+    augment: optional augment(key, x_B) -> x_B.
+    gradient: replaces jax.value_and_grad(loss_fn).
+  """
+  gradient = gradient or jax.value_and_grad(loss_fn)
+  stream = batch_stream(key, data.sizes, data.indices.shape[-1], batch_size=batch_size,
+                        num_steps=step + 1)
+  rows_B = data.indices[stream.slots[step]]
+  x_B = data.x[rows_B]
+  if augment is not None:
+    x_B = augment(jax.random.fold_in(jax.random.fold_in(key, AUGMENT_STREAM), step), x_B)
+  return gradient(params, x_B, data.y[rows_B], stream.mask[step].astype(jnp.float32))

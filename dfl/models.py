@@ -14,6 +14,11 @@ fan_in = Cin·kh·kw, fan_out = Cout·kh·kw (dense: in, out), and every bias 0.
 reference flattens [C, H, W], this model [H, W, C]: a fixed permutation of fc1's input rows,
 which changes no distribution and no result up to that relabelling.
 `logreg`: multinomial logistic regression.
+`linear`: x -> <x, w>, one output and no bias: the model of the least-squares problem
+(`data.name=least_squares`), trained with the squared error (`squared_error_loss`).
+Losses (`make_loss`): cross-entropy for the classifiers, squared error for `linear`; either adds
+an L2 term (model.l2 / 2) ||params||^2 on every parameter when model.l2 > 0, part of each node's
+objective f_i (and so of the global minimizer dfl/optimum.py computes).
 Convolutions and 2x2 max-pools come from dfl/layers.py (`conv`: auto | xla | im2col, the
 formulation that runs fast on the backend; the parameters are nn.Conv's either way).
 `vgg11`, `resnet18`: CIFAR models with GroupNorm, in dfl/models_cifar.py.
@@ -24,6 +29,7 @@ import inspect
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -85,11 +91,20 @@ class LogReg(nn.Module):
     return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
+class Linear(nn.Module):
+  """<x, w> with w [D, 1] (no bias): least squares' f_i(w) = (1/2n) ||A_i w - b_i||^2."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(1, use_bias=False)(x.reshape(x.shape[0], -1))
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda num_classes, hidden=(200, 200), **_: MLP(tuple(hidden), num_classes),
     "cnn": lambda num_classes, conv="auto", **_: CNN(num_classes, conv),
     "lenet5": lambda num_classes, conv="auto", **_: LeNet5(num_classes, conv),
     "logreg": lambda num_classes, **_: LogReg(num_classes),
+    "linear": lambda num_classes, **_: Linear(),
     "vgg11": vgg11,
     "resnet18": resnet18,
 }
@@ -140,15 +155,47 @@ def _user_model(path: str, num_classes: int, kwargs: dict) -> nn.Module:
   return model
 
 
-def cross_entropy_loss(model: nn.Module) -> Callable:
+# Models trained as regressions (float targets, squared error); the others classify.
+REGRESSION_MODELS = frozenset({"linear"})
+
+
+def _masked_mean(per_sample, mask):
+  if mask is None:
+    return jnp.mean(per_sample)
+  mask = mask.astype(per_sample.dtype)
+  return jnp.sum(per_sample * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def l2_penalty(params, l2: float):
+  """(l2 / 2) ||params||^2 over every leaf."""
+  return 0.5 * l2 * sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+
+
+def squared_error_loss(model: nn.Module, l2: float = 0.0) -> Callable:
+  """loss(params, x, y, mask=None) -> (1/2) mean over the valid lanes of (f(x) - y)^2, plus
+  (l2 / 2) ||params||^2: for `linear`, f_i(w) = (1/(2 n_i)) ||A_i w - b_i||^2 + (l2/2)||w||^2."""
+  def loss(params, x, y, mask=None):
+    pred = model.apply({"params": params}, x)[..., 0]
+    value = _masked_mean(0.5 * jnp.square(pred - y), mask)
+    return value + l2_penalty(params, l2) if l2 else value
+  return loss
+
+
+def make_loss(name: str, model: nn.Module, l2: float = 0.0) -> Callable:
+  """The training loss of model `name`: squared error for regressions, else cross-entropy."""
+  if name in REGRESSION_MODELS:
+    return squared_error_loss(model, l2)
+  return cross_entropy_loss(model, l2)
+
+
+def cross_entropy_loss(model: nn.Module, l2: float = 0.0) -> Callable:
   """loss(params, x, y, mask=None) -> softmax cross-entropy of one node's minibatch, averaged
-  over the samples where the 0/1 `mask` [B] is 1 (all of them when None): the short last batch
+  over the samples where the 0/1 `mask` [B] is 1 (all of them when None), plus (l2 / 2)
+  ||params||^2 when l2 > 0: the short last batch
   of an epoch is padded to B lanes and its padding masked (`dfl.local`)."""
   def loss(params, x, y, mask=None):
     logits = model.apply({"params": params}, x)
     per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    if mask is None:
-      return jnp.mean(per_sample)
-    mask = mask.astype(per_sample.dtype)
-    return jnp.sum(per_sample * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    value = _masked_mean(per_sample, mask)
+    return value + l2_penalty(params, l2) if l2 else value
   return loss

@@ -127,13 +127,39 @@ def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm
 PERSONAL_METRICS = ("test_accuracy_personal", "test_accuracy_personal_global")
 
 
+# Figures of a run with a known global minimizer x* (least squares, L2 logistic regression).
+OPTIMUM_METRICS = ("distance_to_optimum", "distance_to_optimum_local_mean")
+
+
+def headline(record: dict) -> tuple[str, str, float]:
+  """(short name, metrics.jsonl key, value) of a record's main figure: the averaged model's
+  test accuracy, or for a regression (no accuracy) its distance to x* or its test loss."""
+  for short, key in (("acc", "test_accuracy"), ("dist", "distance_to_optimum"),
+                     ("test_loss", "test_loss")):
+    if key in record:
+      return short, key, record[key]
+  raise KeyError(f"no headline figure in {sorted(record)}")
+
+
 def make_summary(records: list[dict], rounds: int, wall: float) -> dict:
-  """summary.json from the run's evaluation records."""
+  """summary.json from the run's evaluation records.
+
+  Classification: final/best test accuracy. A regression (no accuracy keys) gets
+  final_test_loss / best_test_loss (lowest) instead; with a known x*, final_distance_to_optimum
+  and final_distance_to_optimum_local_mean either way.
+  """
   final = records[-1]
   personal = {f"final_{k}": final[k] for k in PERSONAL_METRICS if k in final}
-  return {"final_test_accuracy": final["test_accuracy"],
-          "final_test_accuracy_local_mean": final["test_accuracy_local_mean"],
-          "best_test_accuracy": max(r["test_accuracy"] for r in records),
+  if "test_accuracy" in final:
+    figures = {"final_test_accuracy": final["test_accuracy"],
+               "final_test_accuracy_local_mean": final["test_accuracy_local_mean"],
+               "best_test_accuracy": max(r["test_accuracy"] for r in records)}
+  else:
+    figures = {"final_test_loss": final["test_loss"],
+               "final_test_loss_local_mean": final["test_loss_local_mean"],
+               "best_test_loss": min(r["test_loss"] for r in records)}
+  figures.update({f"final_{k}": final[k] for k in OPTIMUM_METRICS if k in final})
+  return {**figures,
           "final_consensus_distance": final["consensus_distance"],
           "final_train_loss": final["train_loss"], "rounds": rounds,
           "comm_bytes": final["comm_bytes"], "comm_bytes_max_node": final["comm_bytes_max_node"],
@@ -147,9 +173,10 @@ def _before_merge(records: list, merge_start: int) -> dict:
   gossip algorithm the local models all equal their average: the final record then shows the
   merged model in both `test_accuracy` and `test_accuracy_local_mean`."""
   before = next(r for r in records if r["round"] == merge_start)
+  figure = "test_accuracy" if "test_accuracy" in before else "test_loss"  # a regression: loss
   return {"merge_round": merge_start,
-          "before_merge_test_accuracy_local_mean": before["test_accuracy_local_mean"],
-          "before_merge_test_accuracy": before["test_accuracy"]}
+          f"before_merge_{figure}_local_mean": before[f"{figure}_local_mean"],
+          f"before_merge_{figure}": before[figure]}
 
 
 @dataclasses.dataclass
@@ -347,7 +374,8 @@ def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
                                                 "wall_seconds": wall, "record": record})
         checkpoint.self_signal_hook(end, "saving", checkpoints)
       bar.update(end - begin)
-      bar.set_postfix(acc=f"{record['test_accuracy']:.4f}", loss=f"{train_loss:.4f}")
+      short, _, value = headline(record)
+      bar.set_postfix(**{short: f"{value:.4g}", "loss": f"{train_loss:.4f}"})
       if preempted:
         checkpoints.wait()
         raise checkpoint.Preempted(guard.signum, end, (
@@ -464,11 +492,19 @@ def _train_and_evaluate(config, workdir: str, model=None, dataset=None) -> dict:
     return summary
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  if merge_start is not None:
+  if merge_start is not None and "before_merge_test_accuracy" in summary:
     print(f"before the {config.topology.schedule} (round {merge_start}): mean local model "
           f"{summary['before_merge_test_accuracy_local_mean']:.4f}, their average "
           f"{summary['before_merge_test_accuracy']:.4f}", flush=True)
-  print(f"final test accuracy of the node-averaged model: {summary['final_test_accuracy']:.4f} "
-        f"(mean local model {summary['final_test_accuracy_local_mean']:.4f}) after {rounds} "
+  if "final_test_accuracy" in summary:
+    what = (f"final test accuracy of the node-averaged model: "
+            f"{summary['final_test_accuracy']:.4f} (mean local model "
+            f"{summary['final_test_accuracy_local_mean']:.4f})")
+  else:
+    what = (f"final test loss of the node-averaged model: {summary['final_test_loss']:.6g} "
+            f"(mean local model {summary['final_test_loss_local_mean']:.6g})")
+  if "final_distance_to_optimum" in summary:
+    what += f", ||x̄ - x*||^2 = {summary['final_distance_to_optimum']:.4g}"
+  print(f"{what} after {rounds} "
         f"rounds, {summary['wall_seconds']:.1f} s; outputs in {workdir}", flush=True)
   return summary

@@ -31,7 +31,8 @@ from absl import flags
 from dfl.errors import UserError
 from launch import cli
 
-_TARGET = flags.DEFINE_float("target", None, "Accuracy to reach for the rounds-to-target column.")
+_TARGET = flags.DEFINE_float("target", None, "Accuracy to reach (a loss or distance: to get "
+                              "below) for the rounds-to-target column.")
 _METRIC = flags.DEFINE_string("metric", "test_accuracy",
                               "Accuracy field of metrics.jsonl (e.g. test_accuracy_local_mean).")
 _OUT = flags.DEFINE_string("out", None, "Where to write report.{md,csv,png}; default: the directory.")
@@ -131,9 +132,16 @@ def group_settings(runs: list[RunResult], others: tuple[RunResult, ...] = (),
   return sorted(groups.values(), key=lambda s: [repr(v) for v in s.fields.values()])
 
 
+def lower_is_better(metric: str) -> bool:
+  """Losses and distances (e.g. distance_to_optimum) improve downwards: their best is the
+  minimum and their target is reached at or below it; accuracies the other way."""
+  return "loss" in metric or "distance" in metric
+
+
 def rounds_to_target(records: list[dict], metric: str, target: float) -> Optional[int]:
+  lower = lower_is_better(metric)
   for r in records:
-    if r[metric] is not None and r[metric] >= target:
+    if r[metric] is not None and (r[metric] <= target if lower else r[metric] >= target):
       return int(r["round"])
   return None
 
@@ -146,11 +154,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def setting_row(setting: Setting, metric: str, target: Optional[float]) -> dict[str, Any]:
   """The numbers of one table row (means and stds over the setting's seeds)."""
   runs = setting.runs
+  missing = next((r for r in runs if metric not in r.records[-1]), None)
+  if missing is not None:
+    numeric = sorted(k for k, v in missing.records[-1].items() if isinstance(v, float))
+    raise UserError(f"--metric={metric!r} is not in {missing.workdir}/metrics.jsonl (a "
+                    f"regression reports no accuracy); valid: {numeric}.")
   row: dict[str, Any] = dict(setting.fields)
   row["seeds"] = len(runs)
+  best = min if lower_is_better(metric) else max
   per_run = {
       "final": [r.records[-1][metric] for r in runs],
-      "best": [max(x[metric] for x in r.records) for r in runs],
+      "best": [best(x[metric] for x in r.records) for r in runs],
       "comm_bytes": [r.records[-1]["comm_bytes"] for r in runs],
       "wall_seconds": [(r.summary or r.records[-1])["wall_seconds"] for r in runs],
   }
@@ -174,11 +188,12 @@ def markdown_table(rows: list[dict], fields: list[str], metric: str, target: Opt
     head.append(f"rounds to {target:g}")
   head += ["comm (MB)", "wall (s)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  fmt = ".4g" if lower_is_better(metric) else ".4f"  # distances reach 1e-12
   for row in rows:
     pm = lambda name, fmt, scale=1.0: _pm(row[f"{name}_mean"] / scale, row[f"{name}_std"] / scale,
                                           fmt, row["seeds"])
     cells = [str(row[f]) for f in fields] + [str(row["seeds"]),
-             pm("final", ".4f"), pm("best", ".4f")]
+             pm("final", fmt), pm("best", fmt)]
     if target is not None:
       if row["reached_target"] == 0:
         cells.append("not reached")
@@ -223,6 +238,8 @@ def plot(settings: list[Setting], metric: str, path: str) -> None:
   axes[0].set_xlabel("round")
   axes[1].set_xlabel("communication, all nodes (MB)")
   axes[0].set_ylabel(metric)
+  if "distance" in metric:  # distances to x* shrink geometrically
+    axes[0].set_yscale("log")
   for ax in axes:
     ax.grid(alpha=0.3)
   axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")

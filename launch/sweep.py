@@ -279,11 +279,16 @@ def _running_elsewhere(run: Run) -> str:
 def _progress_line(i: int, n: int, outcome: Outcome) -> str:
   line = f"[{i}/{n}] {outcome.status:<6} {outcome.seconds:7.1f}s  {outcome.run.name}"
   if outcome.status == "done":
-    accuracy = []
+    values, key = [], "final_test_accuracy"
     for workdir in outcome.run.outputs:
       with open(os.path.join(workdir, "summary.json")) as f:
-        accuracy.append(json.load(f)["final_test_accuracy"])
-    line += f"  final accuracy {sum(accuracy) / len(accuracy):.4f}"
+        summary = json.load(f)
+      key = next(k for k in ("final_test_accuracy", "final_distance_to_optimum",
+                             "final_test_loss") if k in summary)  # regressions: no accuracy
+      values.append(summary[key])
+    mean = sum(values) / len(values)
+    line += (f"  final accuracy {mean:.4f}" if key == "final_test_accuracy" else
+             f"  final {key[len('final_'):].replace('_', ' ')} {mean:.4g}")
   elif outcome.status == "running elsewhere":
     line += f"  ({outcome.tail})"
   else:

@@ -7,6 +7,7 @@ import tempfile
 import jax
 import pytest
 
+from dfl.algorithms import ONE_GRADIENT_PER_ROUND
 from experiments.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -71,6 +72,8 @@ def tiny_config(**overrides):
     for p in path:
       node = node[p]
     node[leaf] = value
+  if c.algorithm.name in ONE_GRADIENT_PER_ROUND and "algorithm__local_steps" not in overrides:
+    c.algorithm.local_steps = None  # exact diffusion and QGM take one gradient per round
   return c
 
 

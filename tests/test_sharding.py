@@ -32,7 +32,7 @@ WORKER = str(REPO / "tests" / "sharded_runs.py")
 # Algorithms checked sharded vs unsharded: every registered one of these (D-PSGD on 2, 4 and 8
 # devices, the others on 8).
 CHECKED = [a for a in ("dpsgd", "dfedavg", "fedavg", "gossip", "dfedsam", "modest", "choco",
-                       "push_sum")
+                       "push_sum", "gradient_tracking", "exact_diffusion", "qgm")
            if a in ALGORITHMS]
 PARAM_ATOL, METRIC_RTOL = 1e-5, 1e-5
 

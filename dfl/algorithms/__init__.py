@@ -16,6 +16,9 @@ from dfl.algorithms.choco import choco
 from dfl.algorithms.dfedavg import dfedavg
 from dfl.algorithms.dfedsam import dfedsam
 from dfl.algorithms.dfedsam_mgs import PAPER_GOSSIP_STEPS, dfedsam_mgs
+from dfl.algorithms import exact_diffusion as _exact_diffusion_module
+from dfl.algorithms import gradient_tracking as _gradient_tracking_module
+from dfl.algorithms import qgm as _qgm_module
 from dfl.algorithms.dpsgd import dpsgd
 from dfl.algorithms.fedavg import fedavg
 from dfl.algorithms.fedsam import fedsam
@@ -61,6 +64,8 @@ def local_work(a, shard_sizes: np.ndarray, default_steps: int = DEFAULT_LOCAL_ST
   E * ceil(n_i / batch_size) steps and K is their maximum (the scan length; shorter nodes mask)."""
   if not a.local_epochs:
     return LocalWork(default_steps if a.local_steps is None else int(a.local_steps), None, None)
+  if a.batch_size == 0:  # full batches: an epoch is one step
+    return LocalWork(int(a.local_epochs), None, int(a.local_epochs))
   steps_N = a.local_epochs * -(-np.asarray(shard_sizes, np.int64) // a.batch_size)
   if np.all(steps_N == steps_N[0]):  # equal shards: no masking needed
     return LocalWork(int(steps_N[0]), None, int(a.local_epochs))
@@ -171,15 +176,26 @@ ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "fedsam": _fedsam,
     "gossip": _gossip,
     "modest": _modest,
+    # Builders kept in the algorithm's own module.
+    "gradient_tracking": _gradient_tracking_module.build,
+    "exact_diffusion": _exact_diffusion_module.build,
+    "qgm": _qgm_module.build,
 }
 
 # Algorithms that communicate over the topology's graph (the others ignore W).
 USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "gossip", "choco",
-                 "push_sum"}
+                 "push_sum", "gradient_tracking", "exact_diffusion", "qgm"}
+
+# Algorithms that take exactly one gradient per round (algorithm.local_steps unset or 1).
+ONE_GRADIENT_PER_ROUND = {"exact_diffusion", "qgm"}
+
+# Algorithms that cannot run variance-corrected mixing (it would break their corrections).
+NO_VARIANCE_CORRECTION = {"gradient_tracking", "exact_diffusion", "qgm"}
 
 # Gossip algorithms whose exchange is a plain gossip step that `BuildContext.mixer` (variance
-# correction) may replace; CHOCO mixes public copies and push-sum numerators instead.
-USES_MIXER = USES_TOPOLOGY - {"choco", "push_sum"}
+# correction) may replace; CHOCO mixes public copies and push-sum numerators instead, and the
+# tracking / diffusion / quasi-global-momentum corrections assume the plain W.
+USES_MIXER = USES_TOPOLOGY - {"choco", "push_sum"} - NO_VARIANCE_CORRECTION
 
 # Algorithms that hold copies of their neighbours' state and so need a fixed graph (no
 # time-varying topology, no schedule).
@@ -216,5 +232,6 @@ def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
 
 __all__ = ["Algorithm", "RoundInputs", "RoundMetrics", "BuildContext", "ALGORITHMS",
            "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "USES_MIXER", "STATIC_TOPOLOGY_ONLY",
-           "COLUMN_STOCHASTIC", "CHOCO_FIELDS", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
+           "COLUMN_STOCHASTIC", "CHOCO_FIELDS", "ONE_GRADIENT_PER_ROUND",
+           "NO_VARIANCE_CORRECTION", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
            "build_algorithm", "local_work"]

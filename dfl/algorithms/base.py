@@ -51,3 +51,31 @@ class Algorithm(NamedTuple):
 def node_keys(key: jax.Array, num_nodes: int) -> jax.Array:
   """Per-node keys fold_in(round_key, i): derived, never carried, so any round can be replayed."""
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jax.numpy.arange(num_nodes))
+
+
+def refuse_unsupported(a, ctx, *, one_step: bool, momentum: bool = False) -> None:
+  """Builder checks shared by the gradient methods that run their own update (gradient tracking,
+  exact diffusion, QGM) instead of the local optax chain: a field they would ignore is an error.
+
+  Args:
+    a: the `algorithm` config section.
+    ctx: the BuildContext (its mixer must be plain gossip).
+    one_step: the method takes one gradient per round (local_steps must be 1 or None).
+    momentum: the method reads algorithm.momentum itself.
+  """
+  name = a.name
+  if one_step and a.local_steps not in (None, 1):
+    raise ValueError(f"algorithm.name={name!r} takes one gradient step per round, but "
+                     f"algorithm.local_steps={a.local_steps}; leave it unset (or 1).")
+  if a.local_epochs:
+    raise ValueError(f"algorithm.name={name!r} does not support algorithm.local_epochs="
+                     f"{a.local_epochs}; leave it 0 and use algorithm.local_steps.")
+  if not momentum and a.momentum not in (None, 0.0):
+    raise ValueError(f"algorithm.name={name!r} has no local momentum, but algorithm.momentum="
+                     f"{a.momentum}; leave it unset.")
+  if a.get("clip_norm") is not None:
+    raise ValueError(f"algorithm.name={name!r} does not clip gradients, but algorithm.clip_norm="
+                     f"{a.clip_norm}; leave it unset.")
+  if ctx.mixer is not None:
+    raise ValueError(f"variance_correction.enabled=True rescales the models after gossip, which "
+                     f"breaks the exact corrections of algorithm.name={name!r}; disable it.")

@@ -15,7 +15,9 @@ def get_config():
   c.num_nodes = 16
 
   c.data = config_dict.ConfigDict()
-  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100 | "package.module:loader"
+  # digits (embedded) | mnist | fashion_mnist | cifar10 | cifar100 | least_squares (synthetic,
+  # with model.name=linear; node i gets its own rows A_i, b_i, data.partition is not used) |
+  # "package.module:loader"
   c.data.name = "digits"
   c.data.dir = ""  # root with one folder per dataset; empty = $DFL_DATA_DIR
   # iid | dirichlet (per class, Hsu et al.) | dirichlet_client (equal sizes, per-client prior,
@@ -27,10 +29,19 @@ def get_config():
   c.data.augment = "none"  # none | crop_flip (4-pixel padded random crop + flip, image data)
   # A dataset named by import path (data.name="my_pkg.data:load") is called with these.
   c.data.kwargs = config_dict.ConfigDict()
+  # least_squares (dfl/data/least_squares.py): h >= 0, node i's minimizer x0 + h z_i (0: all
+  # nodes share the minimizer); d features; n rows per node (n >= d)
+  c.data.heterogeneity = 0.0
+  c.data.dim = 10
+  c.data.samples_per_node = 32
 
   c.model = config_dict.ConfigDict()
-  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR) | "package.module:Net"
+  # mlp | cnn | lenet5 | logreg | vgg11 | resnet18 (GroupNorm, for CIFAR) | linear (least_squares)
+  # | "package.module:Net"
   c.model.name = "mlp"
+  # L2 term (l2/2)||params||^2 in every node's loss (part of the objective, unlike the
+  # optimizer's weight_decay); logreg with l2 > 0 and linear also report distance_to_optimum
+  c.model.l2 = 0.0
   c.model.hidden = (200, 200)  # MLP widths
   # Convolutions (cnn, lenet5, vgg11, resnet18): auto | xla | im2col; auto = im2col (matmuls)
   # on CPU, where XLA's convolutions are slow inside loops, xla (cuDNN) on GPU. dfl/layers.py.
@@ -65,17 +76,19 @@ def get_config():
 
   c.algorithm = config_dict.ConfigDict()
   # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest |
+  # gradient_tracking (K-GT / DSGT) | exact_diffusion (D^2) | qgm (QG-DSGDm) |
   # choco (CHOCO-SGD, compressed gossip) | push_sum (SGP; needs topology.weights=column_uniform
   # on directed graphs), or a builder "package.module:build" called as
   # build(algorithm_config, BuildContext) -> Algorithm
   c.algorithm.name = "dfedavg"
   c.algorithm.lr = 0.1
   c.algorithm.lr_decay = 1.0  # eta_t = lr * lr_decay**t
-  # K local steps per round (used when local_epochs = 0); None: 5, or 1 for dpsgd.
+  # K local steps per round (used when local_epochs = 0); None: 5, or 1 for dpsgd and
+  # gradient_tracking (exact_diffusion and qgm take exactly one)
   c.algorithm.local_steps = config_dict.placeholder(int)
   c.algorithm.local_epochs = 0  # E > 0: node i takes E * ceil(shard_i / batch_size) steps
-  c.algorithm.batch_size = 32
-  c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm, else 0
+  c.algorithm.batch_size = 32  # 0: full batches (every step uses the node's whole shard)
+  c.algorithm.momentum = config_dict.placeholder(float)  # None: 0.9 for dfedavgm and qgm, else 0
   c.algorithm.weight_decay = 0.0
   c.algorithm.clip_norm = config_dict.placeholder(float)  # gradient global-norm clip (DisPFL: 10)
   # dfedavg/dfedavgm/dfedsam/dfedsam_mgs: carry each node's momentum across rounds (False: reset)

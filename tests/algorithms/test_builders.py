@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfl.algorithms import ALGORITHMS, BuildContext, build_algorithm
+from dfl.algorithms import ALGORITHMS, ONE_GRADIENT_PER_ROUND, BuildContext, build_algorithm
 from dfl.algorithms.base import RoundInputs
 from dfl.algorithms.dfedavg import dfedavg
 from dfl.algorithms.dfedsam import dfedsam
@@ -74,7 +74,7 @@ def test_every_builder_augments_every_local_minibatch(name):
     return -x_B
 
   loss_fn, params_N, data = tiny_problem(sizes=SIZES)
-  fields = dict(name=name, local_steps=1 if name == "dpsgd" else 2)
+  fields = dict(name=name, local_steps=1 if name in ("dpsgd", *ONE_GRADIENT_PER_ROUND) else 2)
   if name == "modest":
     fields["sample_size"] = 2
   ctx = BuildContext(loss_fn, N, np.array(SIZES), augment=augment)

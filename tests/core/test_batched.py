@@ -34,6 +34,7 @@ def assert_same_metrics(batched, separate):
 # and rounds) with a final global merge (a chunk boundary and before-merge figures).
 @pytest.mark.parametrize("algorithm,graph", [
     ("dfedavg", dict()),
+    ("gradient_tracking", dict()),  # a state with a second variable (the correction)
     ("dpsgd", dict(topology__name="random_neighbors", topology__degree=2,
                    topology__schedule="final_merge")),
     # Compressed messages drawn from the node keys of each seed; push-sum weights per seed.

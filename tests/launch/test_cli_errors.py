@@ -95,13 +95,13 @@ def test_bugs_keep_their_traceback():
 def test_sweep_values_are_checked_before_any_run(tmp_path):
   root = tmp_path / "sweep"
   result = run("-m", "launch.sweep", f"--config={DEFAULT}", f"--root={root}",
-               "--sweep=algorithm.lr=0.1,-1", "--sweep=algorithm.batch_size=8,0",
+               "--sweep=algorithm.lr=0.1,-1", "--sweep=algorithm.batch_size=8,-1",
                "--config.train.rounds=2")
   assert result.returncode == 2
   assert error_lines(result) == [
       "error: launch.sweep: 2 problem(s) in the sweep's values, nothing was started:",
-      "  algorithm.batch_size must be >= 1, got 0. (in 1 run(s), e.g. "
-      "algorithm.lr=0.1__algorithm.batch_size=0)",
+      "  algorithm.batch_size must be an integer >= 1, or 0 for full batches (the node's whole "
+      "shard every step), got -1. (in 1 run(s), e.g. algorithm.lr=0.1__algorithm.batch_size=-1)",
       "  algorithm.lr must be > 0, got -1.0. (in 2 run(s), e.g. algorithm.lr=-1__algorithm.batch_size=8)"]
   assert not root.exists()  # no run was started, no workdir made
 

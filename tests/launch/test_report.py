@@ -111,3 +111,24 @@ def test_reports_of_different_metrics_do_not_overwrite_each_other(runs_dir):
       root / "report_test_accuracy_local_mean.md").read_text()
   assert "final test_accuracy_local_mean" in (root / "report_test_accuracy_local_mean.md").read_text()
   assert "final test_accuracy |" in (root / "report_test_accuracy.md").read_text()
+
+
+def test_distances_are_better_lower_and_a_missing_metric_names_the_valid_ones(tmp_path):
+  """A regression's runs report distance_to_optimum, no accuracy: best is the minimum, the
+  target is reached going below it, and --metric=test_accuracy fails with the metrics there."""
+  for seed, curve in ((0, [4.0, 1e-3, 1e-6, 1e-5]), (1, [4.0, 1e-2, 1e-4, 1e-8])):
+    path = tmp_path / f"seed={seed}"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"seed": seed, "algorithm": {"name": "gt"}}))
+    with open(path / "metrics.jsonl", "w") as f:
+      for i, d in enumerate(curve):
+        f.write(json.dumps({"round": 10 * i, "distance_to_optimum": d, "test_loss": d,
+                            "comm_bytes": i, "wall_seconds": float(i)}) + "\n")
+    (path / "summary.json").write_text(json.dumps({"wall_seconds": 3.0}))
+  _, rows = report.make_report(str(tmp_path), metric="distance_to_optimum", target=1e-5)
+  (row,) = rows
+  assert row["best_mean"] == pytest.approx((1e-6 + 1e-8) / 2)
+  assert row["final_mean"] == pytest.approx((1e-5 + 1e-8) / 2)
+  assert row["rounds_to_target_mean"] == pytest.approx((20 + 30) / 2)
+  with pytest.raises(report.UserError, match="'distance_to_optimum'"):
+    report.make_report(str(tmp_path), metric="test_accuracy")
