@@ -6,6 +6,8 @@ import math
 
 import topologies
 from dfl import execution, variance_correction
+from dfl.adversary import nodes as adversary_nodes
+from dfl.aggregation import rules as aggregation_rules
 from dfl.algorithms import (ALGORITHMS, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
                             USES_TOPOLOGY)
 from dfl.data import DATASETS, IMAGE_DATASETS
@@ -135,6 +137,7 @@ def validate_config(config) -> None:
     _require(0 <= a.self_weight < 1,
              f"algorithm.self_weight must be in [0, 1) for gossip, got {a.self_weight}.")
   _validate_variance_correction(config.get("variance_correction"), a.name)
+  _validate_adversary(config)
   _require(isinstance(config.mesh.devices, int) and config.mesh.devices >= 0,
            f"mesh.devices must be an integer >= 0 (0 = all local devices), got "
            f"{config.mesh.devices!r}.")
@@ -167,6 +170,28 @@ def _validate_schedule(topology, algorithm_name: str, vc) -> None:
   _require(start is None or schedule == "dense_window",
            f"topology.schedule_start={start} places a dense window, but topology.schedule="
            f"{schedule!r}; set topology.schedule='dense_window' or leave schedule_start unset.")
+
+
+def _validate_adversary(config) -> None:
+  """The `aggregation` and `adversary` sections (dfl/aggregation, dfl/adversary)."""
+  aggregation, adversary = config.get("aggregation"), config.get("adversary")
+  try:
+    aggregation_rules.check_section(aggregation)
+    adversary_nodes.check_section(adversary, config.num_nodes)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  name, vc = config.algorithm.name, config.get("variance_correction")
+  vc_on = vc is not None and vc.enabled
+  for field, value, default in (("aggregation.rule", aggregation and aggregation.rule, "mean"),
+                                ("adversary.attack", adversary and adversary.attack, "none")):
+    if value in (None, default):
+      continue
+    _require(name in USES_TOPOLOGY,
+             f"{field}={value!r} acts in the gossip step, which algorithm.name={name!r} does not "
+             f"have; valid with {sorted(USES_TOPOLOGY)}.")
+    _require(not vc_on,
+             f"{field}={value!r} with variance_correction.enabled=True: both replace the gossip "
+             f"step and do not compose; disable one of them.")
 
 
 def _validate_variance_correction(vc, algorithm_name: str) -> None:
