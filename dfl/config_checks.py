@@ -182,8 +182,10 @@ def _validate_adversary(config) -> None:
     raise UserError(str(e)) from None
   name, vc = config.algorithm.name, config.get("variance_correction")
   vc_on = vc is not None and vc.enabled
-  for field, value, default in (("aggregation.rule", aggregation and aggregation.rule, "mean"),
-                                ("adversary.attack", adversary and adversary.attack, "none")):
+  rule = None if aggregation is None else aggregation.rule
+  attack = None if adversary is None else adversary.attack
+  for field, value, default in (("aggregation.rule", rule, "mean"),
+                                ("adversary.attack", attack, "none")):
     if value in (None, default):
       continue
     _require(name in USES_TOPOLOGY,

@@ -100,10 +100,9 @@ def get_config():
   c.variance_correction.received_weights = "mixing"  # mixing (W-weighted) | uniform (plain mean)
 
   # How a node combines the models it received (dfl/aggregation/rules.py), in every gossip
-  # algorithm. mean = plain gossip (dfl.mixing.mix) | median | trimmed_mean | krum |
-  # clipped_gossip | balance. Not combinable with variance_correction.enabled.
+  # algorithm; mean is plain gossip (dfl.mixing.mix). Not combinable with variance_correction.
   c.aggregation = config_dict.ConfigDict()
-  c.aggregation.rule = "mean"
+  c.aggregation.rule = "mean"  # mean | median | trimmed_mean | krum | clipped_gossip | balance
   c.aggregation.trim = 1.0  # trimmed_mean: b per side; a count >= 1 or a fraction < 1 of m_i
   c.aggregation.krum_f = 1  # krum: f, Byzantine neighbours tolerated (m_i >= f + 3)
   c.aggregation.multi_krum_m = 1  # krum: models averaged (1 = Krum, > 1 = multi-Krum)
@@ -114,8 +113,8 @@ def get_config():
 
   # Byzantine / Sybil nodes (dfl/adversary/): what they send replaces their messages in every
   # gossip step; attackers are left out of every reported figure (the *_honest metrics).
-  # none | sign_flip | gaussian | alie | ipm | constant | label_flip | sybil
   c.adversary = config_dict.ConfigDict()
+  # none | sign_flip | gaussian | alie | ipm | constant | label_flip | sybil
   c.adversary.attack = "none"
   c.adversary.fraction = 0.0  # f = round(fraction * num_nodes) Byzantine nodes
   c.adversary.count = config_dict.placeholder(int)  # f itself (instead of fraction)
