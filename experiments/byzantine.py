@@ -11,12 +11,15 @@ Fraction 0 is run once per graph and rule (no attacker: every attack gives the s
 Outputs in --out: byzantine.md (the table), byzantine.png (one panel per graph and attack),
 results.json, and each run's workdir under runs/.
 
-What it should show: plain mean collapses under every attack once any node is Byzantine; the
-robust rules hold on the 4-regular graph at 10-20 % and degrade at 30 %, where some honest
-nodes have a Byzantine majority among their neighbours; on the ring a node aggregates only
-three models (itself and two neighbours), so one Byzantine neighbour is already a third of
-its input: a trim of one per side or Krum with f = 0 is all the ring admits, and an honest node
-between two attackers cannot outvote them.
+What it showed (README, "Adversaries and robust aggregation"): plain mean loses accuracy under
+sign_flip and collapses under gaussian; median, Krum and BALANCE hold on both graphs (BALANCE
+rejects every sign_flip / gaussian message: they are far from the node's own model); ALIE, crafted
+in model space from near-identical iid neighbours, barely moves any rule. The failures are
+local: on the ring a node aggregates three models (itself and two neighbours), so an honest
+node between two attackers is outvoted by any rule (its local model falls, see the mean local
+accuracy), and only f = 0 / a trim of one fits the ring at all; on the 4-regular graph
+ClippedGossip's adaptive radius (the second-largest neighbour distance) stops clipping once two
+of a node's four neighbours are Byzantine, which happens to 2-6 honest nodes per seed at 30 %.
 """
 from __future__ import annotations
 
