@@ -173,3 +173,15 @@ def test_no_attacker_mean_is_todays_gossip(tmp_path):
 def test_config_errors_name_the_field(overrides, match):
   with pytest.raises(UserError, match=match):
     build_experiment(tiny_config(**overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(algorithm__name="gossip", aggregation__rule="clipped_gossip", adversary__attack="sybil",
+         adversary__count=1, topology__mixing_form="sparse"),
+    dict(algorithm__name="dpsgd", aggregation__rule="balance", adversary__attack="label_flip",
+         adversary__count=1, adversary__placement="random"),
+])
+def test_other_gossip_algorithms_and_forms_run(tmp_path, overrides):
+  summary = train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+  assert np.isfinite(summary["final_train_loss"])
+  assert 0 <= summary["final_test_accuracy_honest"] <= 1
