@@ -185,3 +185,14 @@ def test_other_gossip_algorithms_and_forms_run(tmp_path, overrides):
   summary = train_and_evaluate(tiny_config(**overrides), str(tmp_path))
   assert np.isfinite(summary["final_train_loss"])
   assert 0 <= summary["final_test_accuracy_honest"] <= 1
+
+
+def test_resume_with_adversary_state_equals_uninterrupted_run(tmp_path):
+  """The Byzantine mask travels in the checkpointed state: 2 + 2 rounds equal 4 rounds."""
+  over = dict(num_nodes=6, adversary__attack="gaussian", adversary__count=2,
+              aggregation__rule="trimmed_mean", topology__name="complete")
+  whole = train_and_evaluate(tiny_config(**over), str(tmp_path / "whole"))
+  train_and_evaluate(tiny_config(train__rounds=2, **over), str(tmp_path / "split"))
+  resumed = train_and_evaluate(tiny_config(**over), str(tmp_path / "split"))
+  for k in ("final_test_accuracy_honest", "final_consensus_distance_honest", "final_train_loss"):
+    assert resumed[k] == whole[k], k
