@@ -136,6 +136,11 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
   if config.eval.personal_test:  # each seed's splits follow its own partition; one evaluator
     raise ValueError("eval.personal_test=True is not supported with --seeds (batched seeds share "
                      "one evaluator); run the seeds one by one.")
+  adversary = config.get("adversary")
+  if adversary is not None and adversary.attack == "label_flip":  # x, y differ per seed
+    raise ValueError("adversary.attack='label_flip' is not supported with --seeds (each seed's "
+                     "attackers poison their own copy of the data; batched seeds share one); "
+                     "run the seeds one by one.")
   if len({os.path.abspath(w) for w in workdirs}) != len(workdirs):
     raise ValueError(f"Need a distinct workdir per seed, got workdirs={list(workdirs)}.")
   with workdir_lock.hold(workdirs):
@@ -193,6 +198,8 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
     train_key_S = jnp.stack([e.train_key for e in exps])
     run_chunk = make_batched_chunk_runner(exp0.run_chunk)
     evaluate = jax.jit(jax.vmap(exp0.evaluate))
+    honest_S = (None if exp0.honest_N is None else  # each seed's attackers are its own
+                jnp.stack([jnp.asarray(e.honest_N) for e in exps]))
 
     for c, workdir in zip(configs, workdirs):
       with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -204,7 +211,7 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
     metas = [run_meta(c) for c in configs]
 
     def record(params_S, round_done, loss_S, wall):
-      figures = jax.device_get(evaluate(params_S))
+      figures = jax.device_get(evaluate(params_S, honest_S))
       for s in range(len(exps)):
         rec = evaluation_record({k: v[s] for k, v in figures.items()}, round_done,
                                 None if loss_S is None else loss_S[s], comms[s], wall)

@@ -6,6 +6,8 @@ import math
 
 import topologies
 from dfl import execution, variance_correction
+from dfl.adversary import nodes as adversary_nodes
+from dfl.aggregation import rules as aggregation_rules
 from dfl.aggregation.compressors import COMPRESSORS
 from dfl.algorithms import (ALGORITHMS, CHOCO_FIELDS, COLUMN_STOCHASTIC, NO_VARIANCE_CORRECTION,
                             STATIC_TOPOLOGY_ONLY, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
@@ -159,6 +161,7 @@ def validate_config(config) -> None:
     _require(0 <= a.self_weight < 1,
              f"algorithm.self_weight must be in [0, 1) for gossip, got {a.self_weight}.")
   _validate_variance_correction(config.get("variance_correction"), a.name)
+  _validate_adversary(config)
   _require(isinstance(config.mesh.devices, int) and config.mesh.devices >= 0,
            f"mesh.devices must be an integer >= 0 (0 = all local devices), got "
            f"{config.mesh.devices!r}.")
@@ -252,6 +255,34 @@ def _validate_schedule(topology, algorithm_name: str, vc) -> None:
   _require(start is None or schedule == "dense_window",
            f"topology.schedule_start={start} places a dense window, but topology.schedule="
            f"{schedule!r}; set topology.schedule='dense_window' or leave schedule_start unset.")
+
+
+def _validate_adversary(config) -> None:
+  """The `aggregation` and `adversary` sections (dfl/aggregation, dfl/adversary)."""
+  aggregation, adversary = config.get("aggregation"), config.get("adversary")
+  try:
+    aggregation_rules.check_section(aggregation)
+    adversary_nodes.check_section(adversary, config.num_nodes)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  name, vc = config.algorithm.name, config.get("variance_correction")
+  vc_on = vc is not None and vc.enabled
+  rule = None if aggregation is None else aggregation.rule
+  attack = None if adversary is None else adversary.attack
+  for field, value, default in (("aggregation.rule", rule, "mean"),
+                                ("adversary.attack", attack, "none")):
+    if value in (None, default):
+      continue
+    _require(name in USES_MIXER or is_import_path(name),
+             f"{field}={value!r} acts in the plain gossip step, which algorithm.name={name!r} "
+             f"does not have (or replaces with its own exchange); valid with "
+             f"{sorted(USES_MIXER)}.")
+    _require(field != "adversary.attack" or config.model.name not in REGRESSION_MODELS,
+             f"adversary.attack={value!r} reports honest accuracies, which the regression "
+             f"model.name={config.model.name!r} does not have; leave adversary.attack='none'.")
+    _require(not vc_on,
+             f"{field}={value!r} with variance_correction.enabled=True: both replace the gossip "
+             f"step and do not compose; disable one of them.")
 
 
 def _validate_variance_correction(vc, algorithm_name: str) -> None:

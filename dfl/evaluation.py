@@ -73,6 +73,9 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
   Keys: test_accuracy, test_loss (node-averaged model x̄ on the whole test set),
   test_accuracy_local_mean (mean over nodes of each node's accuracy on the first
   `local_examples` test samples; 0 = all), consensus_distance ((1/N) sum_i ||x_i - x̄||^2).
+  With a node mask `honest_N` ([N] bool, passed to evaluate; dfl/adversary) also the same
+  figures over the honest nodes only: test_accuracy_honest (their average model),
+  test_accuracy_honest_local_mean and consensus_distance_honest.
   With `personal_splits` (one index array into the test set per node) also
   test_accuracy_personal ((1/N) sum_i acc(x_i on split i), DisPFL's person_test_acc) and
   test_accuracy_personal_global ((1/N) sum_i acc(x̄ on split i), its global_test_acc).
@@ -102,7 +105,7 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
     return totals(params, x_flat[idx_Bxb], y_flat[idx_Bxb], mask_Bxb)
 
   @jax.jit
-  def evaluate(params_N, full, local, personal):
+  def evaluate(params_N, full, local, personal, honest_N):
     mean_params = node_mean(params_N)
     acc, loss = totals(mean_params, *full)
     with execution.using(execution_strategy):
@@ -119,6 +122,15 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
       figures["distance_to_optimum"] = squared_distance(mean_params, optimum)
       figures["distance_to_optimum_local_mean"] = jnp.mean(jax.vmap(
           lambda p: squared_distance(p, optimum))(params_N))
+    if honest_N is not None:
+      h_N = honest_N.astype(jnp.float32)
+      count = jnp.sum(h_N)
+      honest_mean = jax.tree.map(lambda x: jnp.tensordot(h_N, x, axes=1) / count, params_N)
+      figures["test_accuracy_honest"], _ = totals(honest_mean, *full)
+      figures["test_accuracy_honest_local_mean"] = jnp.sum(h_N * local_acc_N) / count
+      figures["consensus_distance_honest"] = sum(
+          jnp.sum(h_N.reshape((-1,) + (1,) * (x.ndim - 1)) * (x - m) ** 2)
+          for x, m in zip(jax.tree.leaves(params_N), jax.tree.leaves(honest_mean))) / count
     if personal is not None:
       # The full set's padded batches, flattened, are the test set the split indices point into.
       x_flat = full[0].reshape((-1,) + full[0].shape[2:])
@@ -132,4 +144,4 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
       figures["test_accuracy_personal_global"] = jnp.mean(global_N)
     return figures
 
-  return lambda params_N: evaluate(params_N, full, local, personal)
+  return lambda params_N, honest_N=None: evaluate(params_N, full, local, personal, honest_N)

@@ -17,6 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import topologies
+from dfl.adversary import attacks as adversary_attacks
+from dfl.adversary import nodes as adversary_nodes
+from dfl.adversary.runtime import make_gossip_step, with_round_context
+from dfl.aggregation import rules as aggregation_rules
 from dfl.algorithms import (COLUMN_STOCHASTIC, STATIC_TOPOLOGY_ONLY, Algorithm, BuildContext,
                             build_algorithm)
 from dfl.config_checks import validate_config
@@ -35,7 +39,7 @@ from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
-_MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM = 4, 5
+_MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM, _ADVERSARY_STREAM = 4, 5, 6
 
 
 @dataclasses.dataclass
@@ -56,6 +60,8 @@ class Experiment:
   placement: NodePlacement  # the device mesh the node axis is sharded over
   personal_splits: Any = None  # eval.personal_test: per-node index arrays into the test set
   optimum: Any = None  # the global objective's minimizer x* (one node's params), if computed
+  byzantine_N: Any = None  # [N] bool: the adversary's nodes (None: no adversary configured)
+  honest_N: Any = None  # [N] bool: the others, whose figures evaluate() adds
 
 
 def _seed(override, seed: int, stream: int) -> int:
@@ -159,9 +165,6 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
     shards = partition(dataset.y_train, n, scheme, alpha=config.data.alpha,
                        classes_per_node=config.data.classes_per_node,
                        node_ids=dataset.node_ids_train, seed=data_seed)
-  indices, sizes = pack_shards(shards)
-  warn_batch_exceeds_shards(config.algorithm.batch_size, sizes)
-  data = placement.node_data(dataset.x_train, dataset.y_train, indices, sizes)
   options = topology_options(config.topology)
   if options.get("num_rounds") is None:  # schedules place their dense rounds at the run's end
     options["num_rounds"] = config.train.rounds
@@ -170,6 +173,14 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                                seed=_seed(config.topology.seed, config.seed, _TOPOLOGY_STREAM),
                                **options)
   check_topology_fits_algorithm(config.algorithm.name, topology)
+  byzantine_N, gossip_step = _adversary_and_aggregation(config, topology)
+  x_train, y_train = dataset.x_train, dataset.y_train
+  if byzantine_N is not None and config.adversary.attack == "label_flip":
+    x_train, y_train, shards = adversary_nodes.poison_labels(
+        x_train, y_train, shards, byzantine_N, dataset.num_classes)
+  indices, sizes = pack_shards(shards)
+  warn_batch_exceeds_shards(config.algorithm.batch_size, sizes)
+  data = placement.node_data(x_train, y_train, indices, sizes)
   if model is None:
     model = make_model(config.model.name, dataset.num_classes, _kwargs(config.model),
                        hidden=config.model.hidden, conv=config.model.conv)
@@ -183,14 +194,16 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                          pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
     algorithm = build_algorithm(config.algorithm, BuildContext(
-        loss_fn, n, sizes, mixer=build_mixer(config.get("variance_correction")),
+        loss_fn, n, sizes, mixer=gossip_step or build_mixer(config.get("variance_correction")),
         seed=_seed(None, config.seed, _MEMBERSHIP_STREAM), merge_rounds=topology.dense_rounds,
         augment=augment))  # applied to every local minibatch by dfl/local.py
+  if gossip_step is not None:  # the step reads its key, round and attackers from the round
+    algorithm = with_round_context(algorithm, byzantine_N)
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   personal = None
   if config.eval.personal_test:
     personal = personal_test_split(
-        class_counts(dataset.y_train, shards, dataset.num_classes), dataset.y_test,
+        class_counts(y_train, shards, dataset.num_classes), dataset.y_test,
         np.random.default_rng(_seed(None, config.seed, _PERSONAL_TEST_STREAM)))
   optimum = global_optimum(config.model.name, jax.tree.map(lambda x: x[0], init_params),
                            dataset.x_train, dataset.y_train, shards, dataset.num_classes, l2)
@@ -205,4 +218,27 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                     evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
                     tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement,
-                    personal, optimum)
+                    personal, optimum, byzantine_N, None if byzantine_N is None else ~byzantine_N)
+
+
+def _adversary_and_aggregation(config, topology: topologies.Topology):
+  """(byzantine_N or None, gossip step or None) from the `adversary` and `aggregation`
+  sections; (None, None) when both are at their defaults (plain gossip, `dfl.mixing.mix`)."""
+  n = config.num_nodes
+  adversary, aggregation = config.get("adversary"), config.get("aggregation")
+  attacked = adversary is not None and adversary.attack != "none"
+  robust = aggregation is not None and aggregation.rule != "mean"
+  if not (attacked or robust):
+    return None, None
+  indices_NxK, weights_NxK = topology.neighbors(0)
+  degree_N = adversary_nodes.degrees(indices_NxK, weights_NxK)
+  with user_input(ValueError):
+    aggregation_rules.check_neighbourhoods(aggregation if robust else None, 1 + degree_N)
+    rule = aggregation_rules.build_rule(aggregation, num_rounds=config.train.rounds)
+  byzantine_N, attack = None, None
+  if attacked:
+    f = adversary_nodes.num_byzantine(adversary, n)
+    byzantine_N = adversary_nodes.choose_byzantine(
+        adversary, n, degree_N, _seed(adversary.seed, config.seed, _ADVERSARY_STREAM))
+    attack = adversary_attacks.build_attack(adversary, n, f)
+  return byzantine_N, make_gossip_step(rule, attack)

@@ -119,12 +119,15 @@ def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCoun
 
 def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm: CommCounter,
                        wall: float) -> dict:
-  figures = jax.device_get(exp.evaluate(state.params))
+  figures = jax.device_get(exp.evaluate(state.params, exp.honest_N))
   return evaluation_record(figures, round_done, train_loss, comm, wall)
 
 
 # Figures on the per-node test splits (eval.personal_test), in metrics.jsonl when enabled.
 PERSONAL_METRICS = ("test_accuracy_personal", "test_accuracy_personal_global")
+# Figures over the honest nodes only, in metrics.jsonl when an adversary is configured.
+HONEST_METRICS = ("test_accuracy_honest", "test_accuracy_honest_local_mean",
+                  "consensus_distance_honest")
 
 
 # Figures of a run with a known global minimizer x* (least squares, L2 logistic regression).
@@ -149,7 +152,7 @@ def make_summary(records: list[dict], rounds: int, wall: float) -> dict:
   and final_distance_to_optimum_local_mean either way.
   """
   final = records[-1]
-  personal = {f"final_{k}": final[k] for k in PERSONAL_METRICS if k in final}
+  personal = {f"final_{k}": final[k] for k in PERSONAL_METRICS + HONEST_METRICS if k in final}
   if "test_accuracy" in final:
     figures = {"final_test_accuracy": final["test_accuracy"],
                "final_test_accuracy_local_mean": final["test_accuracy_local_mean"],

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dfl.adversary.runtime import honest_mean
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.execution import node_map
 from dfl.mixing import messages_per_step, mix
@@ -73,7 +74,8 @@ def local_then_gossip(local_sgd: Callable, optimizer: optax.GradientTransformati
     for _ in range(gossip_steps):
       params = mixer(inputs.mixing, params)
     sent_N, received_N = messages_per_step(inputs.mixing)
-    metrics = RoundMetrics(loss=loss_N.mean(), transfers=sent_N.sum() * gossip_steps,
+    # Byzantine nodes (dfl/adversary) are left out of the reported loss.
+    metrics = RoundMetrics(loss=honest_mean(loss_N), transfers=sent_N.sum() * gossip_steps,
                            sent_N=sent_N * gossip_steps, received_N=received_N * gossip_steps)
     return GossipState(params, opt_state), metrics
 

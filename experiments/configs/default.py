@@ -128,6 +128,34 @@ def get_config():
   c.variance_correction.norm_layers = "skip"  # skip (every *norm* leaf) | correct (all but stats)
   c.variance_correction.received_weights = "mixing"  # mixing (W-weighted) | uniform (plain mean)
 
+  # How a node combines the models it received (dfl/aggregation/rules.py), in every gossip
+  # algorithm; mean is plain gossip (dfl.mixing.mix). Not combinable with variance_correction.
+  c.aggregation = config_dict.ConfigDict()
+  c.aggregation.rule = "mean"  # mean | median | trimmed_mean | krum | clipped_gossip | balance
+  c.aggregation.trim = 1.0  # trimmed_mean: b per side; a count >= 1 or a fraction < 1 of m_i
+  c.aggregation.krum_f = 1  # krum: f, Byzantine neighbours tolerated (m_i >= f + 3)
+  c.aggregation.multi_krum_m = 1  # krum: models averaged (1 = Krum, > 1 = multi-Krum)
+  c.aggregation.clip_radius = config_dict.placeholder(float)  # clipped_gossip τ; None: adaptive
+  c.aggregation.balance_gamma = 0.3  # balance: γ, accept ‖x_j - x_i‖ <= γ e^(-κ t/T) ‖x_i‖
+  c.aggregation.balance_kappa = 1.0  # balance: κ
+  c.aggregation.balance_alpha = 0.5  # balance: α, weight on the own model
+
+  # Byzantine / Sybil nodes (dfl/adversary/): what they send replaces their messages in every
+  # gossip step; attackers are left out of every reported figure (the *_honest metrics).
+  c.adversary = config_dict.ConfigDict()
+  # none | sign_flip | gaussian | alie | ipm | constant | label_flip | sybil
+  c.adversary.attack = "none"
+  c.adversary.fraction = 0.0  # f = round(fraction * num_nodes) Byzantine nodes
+  c.adversary.count = config_dict.placeholder(int)  # f itself (instead of fraction)
+  c.adversary.placement = "random"  # random (seeded) | highest_degree | ids
+  c.adversary.ids = ()  # placement=ids: the Byzantine node ids
+  c.adversary.scale = 1.0  # sign_flip: -scale·μ; constant: every coordinate = scale
+  c.adversary.noise_std = 1.0  # gaussian: N(0, noise_std²)
+  c.adversary.alie_z = config_dict.placeholder(float)  # alie: z; None: Baruch et al.'s z(n, f)
+  c.adversary.ipm_epsilon = 0.1  # ipm: -ε·μ
+  c.adversary.sybil_attack = "alie"  # sybil: the model all identities send (not label_flip)
+  c.adversary.seed = config_dict.placeholder(int)  # None: derived from seed
+
   c.train = config_dict.ConfigDict()
   c.train.rounds = 200
   # How per-node work is lifted over nodes (dfl/execution.py): auto | vmap | map | chunk:G.
