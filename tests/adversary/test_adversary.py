@@ -164,7 +164,9 @@ def test_no_attacker_mean_is_todays_gossip(tmp_path):
     (dict(adversary__attack="alie", adversary__placement="ids", adversary__ids=(7,)),
      r"adversary.ids=\(7,\)"),
     (dict(aggregation__rule="median", algorithm__name="fedavg"),
-     "aggregation.rule='median' acts in the gossip step"),
+     "aggregation.rule='median' acts in the plain gossip step"),
+    (dict(aggregation__rule="median", algorithm__name="choco"),  # CHOCO mixes its own copies
+     "aggregation.rule='median' acts in the plain gossip step"),
     (dict(aggregation__rule="krum", variance_correction__enabled=True), "do not compose"),
     (dict(adversary__attack="ipm", adversary__count=1, variance_correction__enabled=True),
      "do not compose"),
