@@ -206,7 +206,7 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
         class_counts(y_train, shards, dataset.num_classes), dataset.y_test,
         np.random.default_rng(_seed(None, config.seed, _PERSONAL_TEST_STREAM)))
   optimum = global_optimum(config.model.name, jax.tree.map(lambda x: x[0], init_params),
-                           dataset.x_train, dataset.y_train, shards, dataset.num_classes, l2)
+                           x_train, y_train, shards, dataset.num_classes, l2)
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
                             local_examples=config.eval.local_examples,

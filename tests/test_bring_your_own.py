@@ -46,6 +46,13 @@ USER_PACKAGE = {
         def missing_labels():
           return {"x_train": np.zeros((4, 2)), "x_test": np.zeros((4, 2)), "y_test": np.zeros(4, int)}
         """,
+    "rules.py": """
+        import jax.numpy as jnp
+
+        def weighted_mean(key, x_KxD, w_K, valid_K, t):  # plain gossip, written out by hand
+          w_K = jnp.where(valid_K, w_K, 0.0)
+          return (w_K[:, None] * x_KxD).sum(0) / w_K.sum()
+        """,
     "algos.py": """
         from typing import Any, NamedTuple
 
@@ -142,6 +149,17 @@ def test_an_algorithm_by_import_path_is_the_one_that_runs(user_package, tmp_path
   # The frozen algorithm never moves the models: every evaluation sees the initial ones.
   assert {r["test_accuracy"] for r in records} == {records[0]["test_accuracy"]}
   assert summary["final_train_loss"] == 1.0
+
+
+def test_an_aggregation_rule_by_import_path_runs_in_the_gossip_step(user_package, tmp_path):
+  own = train_and_evaluate(tiny_config(aggregation__rule="userpkg.rules:weighted_mean"),
+                           str(tmp_path / "own"))
+  plain = train_and_evaluate(tiny_config(), str(tmp_path / "plain"))  # dfl.mixing.mix
+  assert own["final_test_accuracy"] == pytest.approx(plain["final_test_accuracy"], abs=1e-6)
+  assert own["final_consensus_distance"] == pytest.approx(plain["final_consensus_distance"],
+                                                          rel=1e-4)
+  with pytest.raises(UserError, match="has no attribute 'nope'"):
+    build_experiment(tiny_config(aggregation__rule="userpkg.rules:nope"))
 
 
 def test_python_objects_from_a_notebook_and_their_resume(tmp_path):

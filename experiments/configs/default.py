@@ -131,7 +131,8 @@ def get_config():
   # How a node combines the models it received (dfl/aggregation/rules.py), in every gossip
   # algorithm; mean is plain gossip (dfl.mixing.mix). Not combinable with variance_correction.
   c.aggregation = config_dict.ConfigDict()
-  c.aggregation.rule = "mean"  # mean | median | trimmed_mean | krum | clipped_gossip | balance
+  # mean | median | trimmed_mean | krum | clipped_gossip | balance | "package.module:rule"
+  c.aggregation.rule = "mean"
   c.aggregation.trim = 1.0  # trimmed_mean: b per side; a count >= 1 or a fraction < 1 of m_i
   c.aggregation.krum_f = 1  # krum: f, Byzantine neighbours tolerated (m_i >= f + 3)
   c.aggregation.multi_krum_m = 1  # krum: models averaged (1 = Krum, > 1 = multi-Krum)
