@@ -166,6 +166,7 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                        classes_per_node=config.data.classes_per_node,
                        node_ids=dataset.node_ids_train, seed=data_seed)
   options = topology_options(config.topology)
+  options.update(adversary_nodes.attached_options(config.get("adversary")))  # Sybil identities
   if options.get("num_rounds") is None:  # schedules place their dense rounds at the run's end
     options["num_rounds"] = config.train.rounds
   with user_input(ValueError):  # topologies validates its options with ValueErrors

@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from dfl import workdir_lock

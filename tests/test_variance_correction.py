@@ -230,7 +230,6 @@ def test_tensor_selection_and_normalization_never_corrected():
             "LayerNorm_0": {"scale": rng.normal(size=(n, 4))},
             "batch_stats": {"mean": rng.normal(size=(n, 4))}}
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-  plain = mix(DenseMixing(jnp.asarray(W3)), params)
   flat = lambda t, *path: np.asarray(t[path[0]][path[1]]).reshape(n, -1)
   for tensors, bias_corrected in (("all", True), ("kernels", False)):
     out = variance_corrected_mix(jnp.asarray(W3), params, tensors=tensors)

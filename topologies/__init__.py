@@ -12,6 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import Optional
 
+import numpy as np
+
 from topologies.checks import check_connected, check_mixing_matrix
 from topologies.edges_file import from_edges
 from topologies.graphs import STATIC_GRAPHS
@@ -30,10 +32,47 @@ GRAPH_OPTIONS = {
     "directed": False,  # exponential, random_neighbors, from_edges: row-stochastic W allowed
     "expected_degree": 0.2,  # random_pull: r, mean number of peers each node pulls per round
     "edges_file": "",  # from_edges: path of the edge list
+    # Extra nodes N-S..N-1 attached to the graph built on the first N-S (e.g. Sybil identities
+    # joining an honest network): S = attached_nodes, each linked to attached_degree nodes of
+    # the base graph drawn by seed, the same in every round; 0: none.
+    "attached_nodes": 0,
+    "attached_degree": 2,
 }
 
 
+def attach_nodes(graph: Graph, base_nodes: int, count: int, degree: int, seed: int) -> Graph:
+  """`graph` on `base_nodes` nodes with `count` more nodes appended, each linked both ways to
+  `degree` distinct base nodes (drawn once from `seed`); the added nodes are not linked to each
+  other. Weights are then computed on the whole graph as for any other."""
+  if graph.matrix is not None:
+    raise ValueError("topology.attached_nodes needs a graph whose weights dfl computes; an edge "
+                     "file with explicit weights cannot take extra nodes.")
+  if not 1 <= degree <= base_nodes:
+    raise ValueError(f"topology.attached_degree must be in [1, {base_nodes}] (the base graph's "
+                     f"nodes), got {degree}.")
+  rng = np.random.default_rng(seed)
+  peers = [rng.choice(base_nodes, size=degree, replace=False) for _ in range(count)]
+  n = base_nodes + count
+
+  def adjacency(t: int) -> np.ndarray:
+    A = np.zeros((n, n), bool)
+    A[:base_nodes, :base_nodes] = graph.adjacency(t)
+    for k, p in enumerate(peers):
+      A[base_nodes + k, p] = A[p, base_nodes + k] = True
+    return A
+  return graph._replace(adjacency=adjacency, width=None)
+
+
 def _build_graph(name: str, num_nodes: int, seed: int, options: dict) -> Graph:
+  attached = int(options.get("attached_nodes") or 0)
+  if attached:
+    if not 0 < attached <= num_nodes - 2:
+      raise ValueError(f"topology.attached_nodes={attached} leaves fewer than 2 of the "
+                       f"{num_nodes} nodes for the base graph; valid: 0 to {num_nodes - 2}.")
+    base = _build_graph(name, num_nodes - attached, seed,
+                        {**options, "attached_nodes": 0})
+    return attach_nodes(base, num_nodes - attached, attached,
+                        int(options["attached_degree"]), seed + 1)
   builder = GRAPHS[name]
   accepted = inspect.signature(builder).parameters
   if options.get("directed") and "directed" not in accepted:

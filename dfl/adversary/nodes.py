@@ -9,6 +9,10 @@ the training keys:
     placement highest_degree  the f nodes with most neighbours in the graph of round 0 (ties:
                               lower id first)
     placement ids             exactly adversary.ids
+    sybil_nodes S > 0         attack=sybil only: the S last nodes are Sybil identities added to
+                              the honest graph (built on the first N - S nodes), each linked to
+                              sybil_degree honest nodes drawn by seed (topologies'
+                              attached_nodes); f = S
 
 label_flip (Tolpegin et al. 2020; the reference's LabelFlippingWorker, y -> 9 - y): an
 attacker's shard is replaced by copies of its samples with labels y -> C - 1 - y, appended to the
@@ -21,9 +25,22 @@ import numpy as np
 PLACEMENTS = ("random", "highest_degree", "ids")
 
 
+def sybil_nodes(section) -> int:
+  """S, the Sybil identities attached to the honest graph as extra nodes (0: none)."""
+  return 0 if section is None else int(section.get("sybil_nodes", 0) or 0)
+
+
+def attached_options(section) -> dict:
+  """The topology options that attach the Sybil identities (none without them)."""
+  s = sybil_nodes(section)
+  return {"attached_nodes": s, "attached_degree": int(section.sybil_degree)} if s else {}
+
+
 def num_byzantine(section, num_nodes: int) -> int:
   if section is None or section.attack == "none":
     return 0
+  if sybil_nodes(section):
+    return sybil_nodes(section)
   if section.placement == "ids":
     return len(tuple(section.ids))
   if section.count is not None:
@@ -41,7 +58,9 @@ def choose_byzantine(section, num_nodes: int, degree_N: np.ndarray, seed: int) -
   """[N] bool mask of the Byzantine nodes."""
   f = num_byzantine(section, num_nodes)
   mask = np.zeros(num_nodes, bool)
-  if section.placement == "ids":
+  if sybil_nodes(section):
+    mask[num_nodes - f:] = True  # the attached identities
+  elif section.placement == "ids":
     mask[np.asarray(tuple(section.ids), np.int64)] = True
   elif section.placement == "highest_degree":
     order = np.lexsort((np.arange(num_nodes), -np.asarray(degree_N)))
@@ -88,11 +107,27 @@ def check_section(section, num_nodes: int) -> None:
     raise ValueError(f"adversary.count must be an integer in [0, num_nodes={num_nodes}), got "
                      f"{count!r}.")
   if section.attack == "none":
-    if fraction or count or ids or section.placement != "random":
+    if fraction or count or ids or section.placement != "random" or sybil_nodes(section):
       raise ValueError(f"adversary.attack='none' but adversary.fraction={section.fraction}, "
-                       f"count={count}, ids={ids}, placement={section.placement!r}: choose an "
+                       f"count={count}, ids={ids}, placement={section.placement!r}, sybil_nodes="
+                       f"{sybil_nodes(section)}: choose an "
                        f"attack (valid: {list(ATTACKS[1:])}) or leave them unset.")
     return
+  s = sybil_nodes(section)
+  if s:
+    if section.attack != "sybil":
+      raise ValueError(f"adversary.sybil_nodes={s} adds Sybil identities, which only "
+                       f"adversary.attack='sybil' has, not {section.attack!r}.")
+    if fraction or count is not None or ids or section.placement != "random":
+      raise ValueError(f"adversary.sybil_nodes={s} makes the {s} attached nodes the Byzantine "
+                       f"ones; leave adversary.fraction, count, ids and placement unset.")
+    if not (isinstance(s, int) and 0 < s <= num_nodes - 2):
+      raise ValueError(f"adversary.sybil_nodes must be an integer in [0, num_nodes - 2 = "
+                       f"{num_nodes - 2}] (the honest graph needs 2 nodes), got {s!r}.")
+    if not (isinstance(section.sybil_degree, int) and
+            1 <= section.sybil_degree <= num_nodes - s):
+      raise ValueError(f"adversary.sybil_degree must be an integer in [1, {num_nodes - s}] (the "
+                       f"honest nodes), got {section.sybil_degree!r}.")
   if section.placement == "ids":
     if fraction or count is not None:
       raise ValueError(f"adversary.placement='ids' takes its nodes from adversary.ids={ids}; "

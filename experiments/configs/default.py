@@ -154,6 +154,10 @@ def get_config():
   c.adversary.noise_std = 1.0  # gaussian: N(0, noise_std²)
   c.adversary.alie_z = config_dict.placeholder(float)  # alie: z; None: Baruch et al.'s z(n, f)
   c.adversary.ipm_epsilon = 0.1  # ipm: -ε·μ
+  # sybil: S > 0 adds the identities as the S last nodes, attached to the honest graph (built
+  # on the first num_nodes - S) with sybil_degree links each; 0: Byzantine nodes of the graph
+  c.adversary.sybil_nodes = 0
+  c.adversary.sybil_degree = 2
   c.adversary.sybil_attack = "alie"  # sybil: the model all identities send (not label_flip)
   c.adversary.seed = config_dict.placeholder(int)  # None: derived from seed
 

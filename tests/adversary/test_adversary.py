@@ -198,3 +198,32 @@ def test_resume_with_adversary_state_equals_uninterrupted_run(tmp_path):
   resumed = train_and_evaluate(tiny_config(**over), str(tmp_path / "split"))
   for k in ("final_test_accuracy_honest", "final_consensus_distance_honest", "final_train_loss"):
     assert resumed[k] == whole[k], k
+
+
+def test_sybil_identities_join_the_honest_graph_as_extra_nodes(tmp_path):
+  config = tiny_config(num_nodes=8, adversary__attack="sybil", adversary__sybil_nodes=2,
+                       adversary__sybil_degree=2)
+  exp = build_experiment(config)
+  assert exp.byzantine_N.tolist() == [False] * 6 + [True] * 2  # the attached identities
+  support = exp.topology.matrix(0) != 0
+  ring6 = np.zeros((6, 6), bool)
+  for i in range(6):
+    ring6[i, (i + 1) % 6] = ring6[(i + 1) % 6, i] = True
+  assert np.array_equal(support[:6, :6] & ~np.eye(6, dtype=bool), ring6)  # honest ring intact
+  for sybil in (6, 7):
+    assert support[sybil, :6].sum() == 2 and np.array_equal(support[sybil, :6], support[:6, sybil])
+  assert not support[6, 7]
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert "final_test_accuracy_honest" in summary
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(adversary__attack="alie", adversary__sybil_nodes=2), "only adversary.attack='sybil'"),
+    (dict(adversary__attack="sybil", adversary__sybil_nodes=2, adversary__count=1),
+     "leave adversary.fraction, count"),
+    (dict(adversary__attack="sybil", adversary__sybil_nodes=3), r"\[0, num_nodes - 2 = 2\]"),
+    (dict(adversary__sybil_nodes=1), "adversary.attack='none'"),
+])
+def test_sybil_nodes_are_checked(overrides, match):
+  with pytest.raises(UserError, match=match):
+    build_experiment(tiny_config(**overrides))

@@ -7,7 +7,6 @@ import pytest
 
 from dfl.algorithms.base import RoundInputs
 from dfl.algorithms.modest import candidate_list, first_qualifying, modest_rounds
-from dfl.engine import make_chunk_runner
 from dfl.local import NodeData
 from dfl.membership import build_membership, static_membership
 from dfl.experiment import build_experiment, mixing_operator

@@ -3,14 +3,13 @@ graphs without training, D-PSGD on a doubly stochastic graph, one training round
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import topologies
 from dfl.algorithms.base import RoundInputs
 from dfl.algorithms.dpsgd import dpsgd
-from dfl.algorithms.push_sum import PushSumState, push_sum
+from dfl.algorithms.push_sum import push_sum
 from dfl.engine import make_chunk_runner
-from dfl.mixing import DenseMixing, mix
+from dfl.mixing import DenseMixing
 from tests.algorithms._tiny import ring_W, tiny_problem
 
 KEY = jax.random.key(5)

@@ -14,7 +14,7 @@ from dfl.local import NodeData, make_local_sgd, make_optimizer, minibatch_gradie
 from dfl.models import LogReg, cross_entropy_loss
 from dfl.optimum import logreg_optimum, sample_weights
 from experiments.configs import default
-from tests.algorithms._tiny import ring_W, tiny_problem
+from tests.algorithms._tiny import tiny_problem
 
 N, D, n = 6, 5, 8
 

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from dfl.experiment import build_experiment
@@ -80,7 +79,7 @@ def test_no_recompilation_across_chunks(tmp_path):
   import dfl.train as train_module
   built = []
   original = train_module.build_experiment
-  train_module.build_experiment = lambda c: built.append(original(c)) or built[-1]
+  train_module.build_experiment = lambda c, **kw: built.append(original(c, **kw)) or built[-1]
   try:
     train_and_evaluate(config, str(tmp_path))
   finally:

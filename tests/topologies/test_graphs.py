@@ -146,3 +146,21 @@ def test_importing_topologies_does_not_import_jax():
          "sys.exit('jax' in sys.modules)"
   repo = pathlib.Path(__file__).resolve().parents[2]
   assert subprocess.run([sys.executable, "-c", code], cwd=repo).returncode == 0
+
+
+def test_attached_nodes_keep_the_base_graph_and_link_each_to_k_base_nodes():
+  t = topologies.make("ring", 9, attached_nodes=3, attached_degree=2, seed=5)
+  W = t.matrix(0)
+  A = (W != 0) & ~np.eye(9, dtype=bool)
+  ring6 = np.zeros((6, 6), bool)
+  for i in range(6):
+    ring6[i, (i + 1) % 6] = ring6[(i + 1) % 6, i] = True
+  assert np.array_equal(A[:6, :6], ring6)
+  assert A[6:, :6].sum(axis=1).tolist() == [2, 2, 2] and not A[6:, 6:].any()
+  assert np.array_equal(A, A.T)
+  np.testing.assert_allclose(W.sum(axis=0), 1, atol=1e-12)  # MH weights on the whole graph
+  np.testing.assert_allclose(W.sum(axis=1), 1, atol=1e-12)
+  again = topologies.make("ring", 9, attached_nodes=3, attached_degree=2, seed=5).matrix(0)
+  assert np.array_equal(W, again)  # fixed by the seed
+  with pytest.raises(ValueError, match="attached_degree must be in"):
+    topologies.make("ring", 9, attached_nodes=3, attached_degree=7)
