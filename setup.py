@@ -20,6 +20,7 @@ setup(
         "scikit-learn>=1.3",  # carries the embedded default dataset (digits)
         "matplotlib>=3.7",  # figures of runs, sweeps and topologies
         "networkx>=3.0",  # random graphs, connectivity and diameter in topologies/
+        "scipy>=1.10",  # Newton-CG for the exact minimizer of L2 logistic regression (dfl/optimum.py)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3", "tensorboardX>=2.6"],
