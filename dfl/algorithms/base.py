@@ -9,11 +9,13 @@ field: the nodes' models `[N, ...]` that evaluation reads.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 
-from dfl.local import NodeData
+from dfl.execution import node_map
+from dfl.local import NodeData, minibatch_gradient
 from dfl.mixing import Mixing
 
 PyTree = Any
@@ -51,6 +53,34 @@ class Algorithm(NamedTuple):
 def node_keys(key: jax.Array, num_nodes: int) -> jax.Array:
   """Per-node keys fold_in(round_key, i): derived, never carried, so any round can be replayed."""
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jax.numpy.arange(num_nodes))
+
+
+def node_gradients(loss_fn: Callable, *, batch_size: int, weight_decay: float = 0.0,
+                   augment: Optional[Callable] = None) -> Callable:
+  """gradients(params_N, inputs) -> (loss_N, g_N): every node's loss and gradient (plus
+  weight_decay * x) on the first batch of its round stream (`dfl.local.minibatch_gradient`, node
+  key fold_in(round_key, i)), lifted over the nodes by the execution strategy in force. The one
+  gradient per round of exact diffusion and QGM."""
+  def grad(x, key, data):
+    loss, g = minibatch_gradient(loss_fn, x, key, data, batch_size=batch_size, augment=augment)
+    if weight_decay:
+      g = jax.tree.map(lambda gi, xi: gi + weight_decay * xi, g, x)
+    return loss, g
+
+  def gradients(params_N, inputs: RoundInputs):
+    n = jax.tree.leaves(params_N)[0].shape[0]
+    in_data = type(inputs.data)(None, None, 0, 0)  # x, y shared; one shard row per node
+    return node_map(grad, in_axes=(0, 0, in_data))(params_N, node_keys(inputs.key, n),
+                                                  inputs.data)
+  return gradients
+
+
+def merge_flag(round_index: jax.Array, merge_rounds: Sequence[int]) -> jax.Array:
+  """True in a schedule's dense rounds (`merge_rounds`), traced."""
+  merge_R = tuple(sorted(set(int(t) for t in merge_rounds)))
+  if not merge_R:
+    return jnp.bool_(False)
+  return jnp.any(round_index == jnp.asarray(merge_R, jnp.int32))
 
 
 def refuse_unsupported(a, ctx, *, one_step: bool, momentum: bool = False) -> None:

@@ -40,9 +40,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
-from dfl.execution import node_map
-from dfl.local import AugmentFn, minibatch_gradient
+from dfl.algorithms.base import (Algorithm, RoundInputs, RoundMetrics, merge_flag,
+                                 node_gradients)
+from dfl.local import AugmentFn
 from dfl.mixing import messages_per_step, mix
 
 PyTree = object
@@ -51,25 +51,6 @@ PyTree = object
 class ExactDiffusionState(NamedTuple):
   params: PyTree  # [N, ...] x_i
   psi: PyTree  # [N, ...] psi_i, the previous round's adapted model
-
-
-def node_gradient(loss_fn: Callable, *, batch_size: int, weight_decay: float,
-                  augment: Optional[AugmentFn]) -> Callable:
-  """grad(x, key, data) -> (loss, g + wd x) of one node on the first batch of its round stream."""
-  def grad(x, key, data):
-    loss, g = minibatch_gradient(loss_fn, x, key, data, batch_size=batch_size, augment=augment)
-    if weight_decay:
-      g = jax.tree.map(lambda gi, xi: gi + weight_decay * xi, g, x)
-    return loss, g
-  return grad
-
-
-def merge_flag(round_index: jax.Array, merge_rounds: Sequence[int]) -> jax.Array:
-  """True in a schedule's dense rounds."""
-  merge_R = tuple(sorted(set(int(t) for t in merge_rounds)))
-  if not merge_R:
-    return jnp.bool_(False)
-  return jnp.any(round_index == jnp.asarray(merge_R, jnp.int32))
 
 
 def exact_diffusion(loss_fn: Callable, *, lr: float, batch_size: int, weight_decay: float = 0.0,
@@ -86,18 +67,15 @@ def exact_diffusion(loss_fn: Callable, *, lr: float, batch_size: int, weight_dec
     merge_rounds: rounds mixed with the topology's W as given (a schedule's dense rounds).
     augment: optional augment(key, x_B) -> x_B.
   """
-  grad = node_gradient(loss_fn, batch_size=batch_size, weight_decay=weight_decay,
-                       augment=augment)
+  gradients = node_gradients(loss_fn, batch_size=batch_size, weight_decay=weight_decay,
+                             augment=augment)
 
   def init(params_N):
     return ExactDiffusionState(params_N, params_N)
 
   def round_fn(state: ExactDiffusionState, inputs: RoundInputs):
-    n = jax.tree.leaves(state.params)[0].shape[0]
     eta = lr * jnp.asarray(lr_decay, jnp.float32) ** inputs.round
-    in_data = type(inputs.data)(None, None, 0, 0)
-    loss_N, g = node_map(grad, in_axes=(0, 0, in_data))(state.params, node_keys(inputs.key, n),
-                                                       inputs.data)
+    loss_N, g = gradients(state.params, inputs)
     psi = jax.tree.map(lambda x, gi: x - eta.astype(x.dtype) * gi, state.params, g)
     phi = jax.tree.map(lambda p, x, p_old: p + x - p_old, psi, state.params, state.psi)
     w_phi = mix(inputs.mixing, phi)

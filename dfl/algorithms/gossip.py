@@ -39,7 +39,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from dfl.algorithms.base import Algorithm, RoundInputs
+from dfl.algorithms.base import Algorithm, RoundInputs, merge_flag
 from dfl.algorithms.local_then_gossip import Mixer, local_then_gossip
 from dfl.local import make_local_sgd, make_optimizer
 from dfl.mixing import DenseMixing, Mixing, SparseMixing, mix
@@ -116,7 +116,6 @@ def gossip_learning(loss_fn: Callable, *, lr: float, local_steps: int, batch_siz
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
                              augment=augment)
   step = mixer or mix
-  merge_R = tuple(sorted(set(int(t) for t in merge_rounds)))
   # The round's effective W is chosen in round_fn below; the gossip step mixes with it as is.
   algorithm = local_then_gossip(local_sgd, optimizer, reset_optimizer=False, lr_decay=lr_decay,
                                 mixer=step)
@@ -124,8 +123,8 @@ def gossip_learning(loss_fn: Callable, *, lr: float, local_steps: int, batch_siz
   def round_fn(state, inputs: RoundInputs):
     sizes_N = inputs.data.sizes if aggregation_weights == "num_samples" else None
     mixing = gossip_learning_mixing(inputs.mixing, self_weight, sizes_N)
-    if merge_R:
-      merging = jnp.any(inputs.round == jnp.asarray(merge_R, jnp.int32))
+    if merge_rounds:
+      merging = merge_flag(inputs.round, merge_rounds)
       mixing = jax.tree.map(lambda given, own: jnp.where(merging, given, own),
                             _as_given(inputs.mixing), mixing)
     return algorithm.round(state, inputs._replace(mixing=mixing))

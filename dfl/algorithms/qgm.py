@@ -29,9 +29,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
-from dfl.algorithms.exact_diffusion import node_gradient
-from dfl.execution import node_map
+from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_gradients
 from dfl.local import AugmentFn
 from dfl.mixing import messages_per_step, mix
 
@@ -57,19 +55,16 @@ def qgm(loss_fn: Callable, *, lr: float, batch_size: int, momentum: float = 0.9,
     lr_decay: eta_t = lr * lr_decay**t.
     augment: optional augment(key, x_B) -> x_B.
   """
-  grad = node_gradient(loss_fn, batch_size=batch_size, weight_decay=weight_decay,
-                       augment=augment)
+  gradients = node_gradients(loss_fn, batch_size=batch_size, weight_decay=weight_decay,
+                             augment=augment)
   beta = mu = momentum
 
   def init(params_N):
     return QGMState(params_N, jax.tree.map(jnp.zeros_like, params_N))
 
   def round_fn(state: QGMState, inputs: RoundInputs):
-    n = jax.tree.leaves(state.params)[0].shape[0]
     eta = lr * jnp.asarray(lr_decay, jnp.float32) ** inputs.round
-    in_data = type(inputs.data)(None, None, 0, 0)
-    loss_N, g = node_map(grad, in_axes=(0, 0, in_data))(state.params, node_keys(inputs.key, n),
-                                                       inputs.data)
+    loss_N, g = gradients(state.params, inputs)
     half = jax.tree.map(lambda x, m, gi: x - eta.astype(x.dtype) * (beta * m + gi),
                         state.params, state.momentum, g)
     params = mix(inputs.mixing, half)
