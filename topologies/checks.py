@@ -54,23 +54,22 @@ def check_mixing_matrix(W: np.ndarray, *, doubly_stochastic: bool = True,
     raise ValueError(f"{what} has negative weights, e.g. W[{i}, {j}] = {W[i, j]:.6g}; mixing "
                      "weights must be >= 0.")
   if column_stochastic:
-    cols = W.sum(axis=0)
-    bad = np.flatnonzero(np.abs(cols - 1) > 1e-6)
-    if bad.size:
-      raise ValueError(f"{what}: column {bad[0]} sums to {cols[bad[0]]:.6g} (columns "
-                       f"{bad[:8].tolist()} do not sum to 1); with column-stochastic weights "
-                       "every node must split all of its mass.")
+    _require_unit_sums(W, 0, what, "; with column-stochastic weights every node must split all "
+                       "of its mass.")
     return
-  rows = W.sum(axis=1)
-  bad = np.flatnonzero(np.abs(rows - 1) > 1e-6)
-  if bad.size:
-    raise ValueError(f"{what}: row {bad[0]} sums to {rows[bad[0]]:.6g} (rows {bad[:8].tolist()} "
-                     "do not sum to 1); every node's weights must sum to 1.")
+  _require_unit_sums(W, 1, what, "; every node's weights must sum to 1.")
   if doubly_stochastic:
-    cols = W.sum(axis=0)
-    bad = np.flatnonzero(np.abs(cols - 1) > 1e-6)
-    if bad.size:
-      raise ValueError(f"{what}: column {bad[0]} sums to {cols[bad[0]]:.6g} (columns "
-                       f"{bad[:8].tolist()} do not sum to 1), so W is not doubly stochastic and "
-                       "gossip would not preserve the node mean. Set topology.directed=True to "
-                       "allow row-stochastic W.")
+    _require_unit_sums(W, 0, what, ", so W is not doubly stochastic and gossip would not "
+                       "preserve the node mean. Set topology.directed=True to allow "
+                       "row-stochastic W.")
+
+
+def _require_unit_sums(W: np.ndarray, axis: int, what: str, consequence: str) -> None:
+  """Rows (axis 1) or columns (axis 0) of W sum to 1, else a ValueError naming the first bad
+  one, up to 8 of them, and `consequence`."""
+  sums = W.sum(axis=axis)
+  bad = np.flatnonzero(np.abs(sums - 1) > 1e-6)
+  if bad.size:
+    line = "row" if axis == 1 else "column"
+    raise ValueError(f"{what}: {line} {bad[0]} sums to {sums[bad[0]]:.6g} ({line}s "
+                     f"{bad[:8].tolist()} do not sum to 1){consequence}")
