@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments.configs import default  # noqa: E402
-from experiments.modest_comparison import first_reaching, run, write_table  # noqa: E402
+from experiments.modest_comparison import (  # noqa: E402
+    add_ratio_to_dpsgd, first_reaching, run, write_table)
 
 # (label, algorithm, compressor, consensus step gamma)
 VARIANTS = (("D-PSGD", "dpsgd", None, None),
@@ -97,12 +98,8 @@ def main():
           "KB_per_node_to_target":
               round(reached["comm_bytes"] / args.num_nodes / 1e3, 1) if reached else None,
       })
-    dpsgd = next(r for r in rows if r["topology"] == topology and r["algorithm"] == "D-PSGD")
-    for r in rows:
-      if r["topology"] == topology:
-        r["dpsgd_bytes_over_this"] = (
-            round(dpsgd["KB_per_node_to_target"] / r["KB_per_node_to_target"], 2)
-            if dpsgd["KB_per_node_to_target"] and r["KB_per_node_to_target"] else None)
+    add_ratio_to_dpsgd(rows, "topology", topology, "KB_per_node_to_target",
+                       "dpsgd_bytes_over_this")
   write_table(rows, os.path.join(args.out, "bytes_to_target"))
   plot(args, curves)
 

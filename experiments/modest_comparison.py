@@ -121,14 +121,20 @@ def comparison(args, targets: dict) -> None:
           "rounds_to_target": reached["round"] if reached else None,
           "MB_to_target": round(reached["comm_bytes"] / 1e6, 1) if reached else None,
       })
-    dpsgd = next(r for r in rows if r["dataset"] == dataset and r["algorithm"] == "D-PSGD")
-    for r in rows:
-      if r["dataset"] == dataset:
-        r["dpsgd_MB_to_target_over_this"] = (
-            round(dpsgd["MB_to_target"] / r["MB_to_target"], 2)
-            if dpsgd["MB_to_target"] and r["MB_to_target"] else None)
+    add_ratio_to_dpsgd(rows, "dataset", dataset, "MB_to_target", "dpsgd_MB_to_target_over_this")
   write_table(rows, os.path.join(args.results, "modest_comparison"))
   plot_comparison(args, curves, targets)
+
+
+def add_ratio_to_dpsgd(rows: list[dict], group_field: str, group, value_field: str,
+                       ratio_field: str) -> None:
+  """rows[ratio_field] = D-PSGD's value_field / this row's, for the rows of one group (a
+  dataset, a graph); None where either is missing (the target was not reached)."""
+  dpsgd = next(r for r in rows if r[group_field] == group and r["algorithm"] == "D-PSGD")
+  for r in rows:
+    if r[group_field] == group:
+      r[ratio_field] = (round(dpsgd[value_field] / r[value_field], 2)
+                        if dpsgd[value_field] and r[value_field] else None)
 
 
 def write_table(rows: list[dict], stem: str) -> None:
