@@ -52,6 +52,9 @@ USER_PACKAGE = {
         def weighted_mean(key, x_KxD, w_K, valid_K, t):  # plain gossip, written out by hand
           w_K = jnp.where(valid_K, w_K, 0.0)
           return (w_K[:, None] * x_KxD).sum(0) / w_K.sum()
+
+        def keep_own(key, x_KxD, w_K, valid_K, t):  # ignores what it received
+          return x_KxD[0]
         """,
     "algos.py": """
         from typing import Any, NamedTuple
@@ -158,6 +161,10 @@ def test_an_aggregation_rule_by_import_path_runs_in_the_gossip_step(user_package
   assert own["final_test_accuracy"] == pytest.approx(plain["final_test_accuracy"], abs=1e-6)
   assert own["final_consensus_distance"] == pytest.approx(plain["final_consensus_distance"],
                                                           rel=1e-4)
+  # The named rule is the one applied: one that ignores its neighbours never mixes the models.
+  alone = train_and_evaluate(tiny_config(aggregation__rule="userpkg.rules:keep_own"),
+                             str(tmp_path / "alone"))
+  assert alone["final_consensus_distance"] > 2 * plain["final_consensus_distance"]
   with pytest.raises(UserError, match="has no attribute 'nope'"):
     build_experiment(tiny_config(aggregation__rule="userpkg.rules:nope"))
 
