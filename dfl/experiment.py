@@ -62,6 +62,29 @@ class Experiment:
   optimum: Any = None  # the global objective's minimizer x* (one node's params), if computed
   byzantine_N: Any = None  # [N] bool: the adversary's nodes (None: no adversary configured)
   honest_N: Any = None  # [N] bool: the others, whose figures evaluate() adds
+  # make_algorithm(overrides) -> Algorithm: rebuilt with some hyperparameters replaced (batches
+  # of runs pass them traced, dfl/train.py); make_algorithm() is `algorithm`.
+  make_algorithm: Callable = None
+  _static_mixing: Any = None  # the static graph's operator, built on first use
+
+
+  def mixing_for(self, begin: int, end: int):
+    """(mixing operator(s), per_round) for rounds [begin, end): the graph's one operator, or
+    one per round stacked on a leading R axis for a time-varying graph."""
+    sparse = use_sparse_mixing(self.config.topology.mixing_form, self.topology)
+    if not self.topology.time_varying:
+      if self._static_mixing is None:
+        self._static_mixing = mixing_operator(self.topology, 0, sparse)
+      return self._static_mixing, False
+    ops = [mixing_operator(self.topology, t, sparse) for t in range(begin, end)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *ops), True
+
+  def run_rounds(self, state, begin: int, end: int):
+    """Rounds [begin, end) in one compiled call: (state, RoundMetrics stacked over rounds).
+    The input state is donated."""
+    mixing, per_round = self.mixing_for(begin, end)
+    rounds_R = jnp.arange(begin, end, dtype=jnp.int32)
+    return self.run_chunk(state, self.data, self.train_key, rounds_R, mixing, per_round)
 
 
 def _seed(override, seed: int, stream: int) -> int:
@@ -139,6 +162,31 @@ def _kwargs(section) -> dict:
   return {} if kwargs is None else dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
 
 
+class _Overlay:
+  """A read-only view of a config section with some fields replaced (`with_overrides`)."""
+
+  def __init__(self, section, values: dict):
+    self._section, self._values = section, values
+
+  def __getattr__(self, field):
+    if field in self._values:
+      return self._values[field]
+    return getattr(self._section, field)
+
+  def get(self, field, default=None):
+    return self._values[field] if field in self._values else self._section.get(field, default)
+
+  def __contains__(self, field):
+    return field in self._values or field in self._section
+
+
+def with_overrides(section, prefix: str, overrides: dict):
+  """`section` with the fields `overrides` names as "prefix.field" replaced (values may be
+  traced); the section itself when none applies (or when it is None)."""
+  mine = {k[len(prefix) + 1:]: v for k, v in overrides.items() if k.startswith(prefix + ".")}
+  return section if section is None or not mine else _Overlay(section, mine)
+
+
 def check_augment(augment: str, dataset: Dataset) -> None:
   """Crops and flips need H x W x C samples (checked here for datasets named by import path)."""
   if augment != "none" and len(dataset.input_shape) != 3:
@@ -193,14 +241,23 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   loss_fn = make_loss(config.model.name, model, l2)
   augment = make_augment(config.data.augment, dataset.input_shape,
                          pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
+  def make_algorithm(overrides: dict | None = None) -> Algorithm:
+    """The algorithm of this config; `overrides` ({"algorithm.lr": value, ...}) replace fields of
+    the algorithm and variance_correction sections, e.g. with traced values (batched runs)."""
+    overrides = overrides or {}
+    mixer = gossip_step or build_mixer(with_overrides(config.get("variance_correction"),
+                                                      "variance_correction", overrides))
+    algorithm = build_algorithm(with_overrides(config.algorithm, "algorithm", overrides),
+                                BuildContext(loss_fn, n, sizes, mixer=mixer,
+                                             seed=_seed(None, config.seed, _MEMBERSHIP_STREAM),
+                                             merge_rounds=topology.dense_rounds,
+                                             augment=augment))  # on every local minibatch
+    if gossip_step is not None:  # the step reads its key, round and attackers from the round
+      algorithm = with_round_context(algorithm, byzantine_N)
+    return algorithm._replace(init=functools.partial(placement.build, algorithm.init))
+
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
-    algorithm = build_algorithm(config.algorithm, BuildContext(
-        loss_fn, n, sizes, mixer=gossip_step or build_mixer(config.get("variance_correction")),
-        seed=_seed(None, config.seed, _MEMBERSHIP_STREAM), merge_rounds=topology.dense_rounds,
-        augment=augment))  # applied to every local minibatch by dfl/local.py
-  if gossip_step is not None:  # the step reads its key, round and attackers from the round
-    algorithm = with_round_context(algorithm, byzantine_N)
-  algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
+    algorithm = make_algorithm()
   personal = None
   if config.eval.personal_test:
     personal = personal_test_split(
@@ -219,7 +276,8 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                     evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
                     tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement,
-                    personal, optimum, byzantine_N, None if byzantine_N is None else ~byzantine_N)
+                    personal, optimum, byzantine_N, None if byzantine_N is None else ~byzantine_N,
+                    make_algorithm)
 
 
 def _adversary_and_aggregation(config, topology: topologies.Topology):

@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dfl.tracing import is_traced
+
 PyTree = object
 # gradient(params, x_B, y_B, mask_B) -> (loss, grads): the masked-mean loss at params and the
 # gradient the optimizer uses; plain autodiff by default, SAM for DFedSAM (`dfl.sam`).
@@ -80,11 +82,15 @@ def make_optimizer(*, lr: float, momentum: float = 0.0, weight_decay: float = 0.
   then `SGD(momentum, weight_decay).step()`): clip the gradient to global norm `clip_norm`, add
   coupled weight decay wd * w, then the heavy-ball (optionally Nesterov) momentum trace times lr.
   """
-  clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []  # no state slot when off
+  # A traced value (a hyperparameter batched over runs, dfl/tracing.py) keeps every stage; a
+  # Python 0 / None leaves it out (no state slot), as a separate run always did.
+  clip = ([optax.clip_by_global_norm(clip_norm)] if is_traced(clip_norm) or clip_norm else [])
+  decay = is_traced(weight_decay) or weight_decay
+  trace = is_traced(momentum) or momentum
   return optax.chain(
       *clip,
-      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-      optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
+      optax.add_decayed_weights(weight_decay) if decay else optax.identity(),
+      optax.sgd(lr, momentum=momentum if trace else None, nesterov=nesterov))
 
 
 def shuffled_positions(key: jax.Array, size: jax.Array, width: int,

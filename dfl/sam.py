@@ -5,7 +5,8 @@ On one minibatch xi (with its 0/1 padding mask, `dfl.local`):  g = grad F(y; xi)
 delta = rho * g / (||g|| + eps) (||.|| the global L2 norm over all parameters);
 g_sam = grad F(y + delta; xi), the same minibatch and mask. Both gradients are of the masked
 mean loss, so a short last batch perturbs and steps along the mean over its valid samples.
-rho = 0 returns the plain gradient with one pass, so SAM with rho = 0 is SGD bit for bit.
+rho = 0 returns the plain gradient with one pass, so SAM with rho = 0 is SGD bit for bit; a
+traced rho (batched over runs) takes both passes, and rho = 0 then perturbs by exactly 0.
 Gradient clipping (`make_optimizer(clip_norm=...)`) acts on g_sam, the gradient the optimizer
 receives; the perturbation uses the unclipped g.
 """
@@ -16,6 +17,8 @@ from typing import Callable
 import jax
 import optax
 
+from dfl.tracing import is_traced
+
 NORM_EPS = 1e-12
 
 
@@ -23,7 +26,7 @@ def sam_gradient(loss_fn: Callable, rho: float, eps: float = NORM_EPS) -> Callab
   """Returns gradient(params, x, y, mask) -> (loss at params, SAM gradient) for
   `dfl.local.make_local_sgd`; `loss_fn(params, x, y, mask)` is the masked mean loss."""
   value_and_grad = jax.value_and_grad(loss_fn)
-  if rho == 0:
+  if not is_traced(rho) and rho == 0:
     return value_and_grad
 
   def gradient(params, x, y, mask=None):

@@ -10,6 +10,7 @@ it exits; a second run in the same workdir fails at once with WorkdirLocked.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -17,20 +18,21 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import flax.linen
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dfl import checkpoint
+from dfl import checkpoint, workdir_lock
+from dfl.batching import RunBatch, compatible_groups, max_batch_runs
 from dfl.config_checks import validate_config
 from dfl.data import Dataset, as_dataset, dataset_fields
 from dfl.errors import UserError
-from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sparse_mixing
+from dfl.experiment import (Experiment, build_experiment, mixing_operator,  # noqa: F401
+                            use_sparse_mixing)
 from dfl.metric_writers import TENSORBOARD_SUBDIR, MultiWriter, make_metric_writer
 from dfl.progress import progress_bar
 from dfl.sharding import initialize_distributed, is_main_process
@@ -117,12 +119,6 @@ def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCoun
           **comm.as_dict(), "wall_seconds": round(wall, 3)}
 
 
-def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm: CommCounter,
-                       wall: float) -> dict:
-  figures = jax.device_get(exp.evaluate(state.params, exp.honest_N))
-  return evaluation_record(figures, round_done, train_loss, comm, wall)
-
-
 # Figures on the per-node test splits (eval.personal_test), in metrics.jsonl when enabled.
 PERSONAL_METRICS = ("test_accuracy_personal", "test_accuracy_personal_global")
 # Figures over the honest nodes only, in metrics.jsonl when an adversary is configured.
@@ -195,19 +191,6 @@ class Progress:
 OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", TENSORBOARD_SUBDIR)
 
 
-def _mixing_source(exp: Experiment) -> Callable:
-  """Returns mixing_for(begin, end) -> (mixing operator(s), per_round) for rounds [begin, end)."""
-  sparse = use_sparse_mixing(exp.config.topology.mixing_form, exp.topology)
-  if not exp.topology.time_varying:
-    static = mixing_operator(exp.topology, 0, sparse)
-    return lambda begin, end: (static, False)
-
-  def mixing_for(begin, end):
-    ops = [mixing_operator(exp.topology, t, sparse) for t in range(begin, end)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *ops), True
-  return mixing_for
-
-
 def run_config_dict(config_dict: dict) -> dict:
   """A config (as a dict) the way it is compared on resume. A schedule's horizon
   (topology.num_rounds) defaults to train.rounds; it is spelled out, so extending train.rounds
@@ -237,11 +220,10 @@ def _check_previous_config(workdir: str, now: dict) -> None:
       logging.info("config differs from the previous run in %s (allowed): %s", workdir, line)
 
 
-def start_or_resume(exp: Experiment, workdir: str, checkpoints: checkpoint.RunCheckpoints,
-                     evaluate_start: bool = True) -> Progress:
-  """Restores the newest readable checkpoint in `workdir`, or starts at round 0 (with the
-  round-0 evaluation as its first record, unless `evaluate_start` is False: batched seeds
-  evaluate all seeds at once)."""
+def start_or_resume(exp: Experiment, workdir: str,
+                    checkpoints: checkpoint.RunCheckpoints) -> Progress:
+  """Restores the newest readable checkpoint in `workdir`, or starts at round 0 (no records
+  yet: the driver evaluates round 0 of a batch's runs together)."""
   config = exp.config
   now = run_config_dict(checkpoint.config_to_dict(config))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -266,9 +248,8 @@ def start_or_resume(exp: Experiment, workdir: str, checkpoints: checkpoint.RunCh
   if restored is None:
     _check_previous_config(workdir, now)
     if main:
-      checkpoint.write_jsonl_atomic(metrics_path, [])  # _run_chunks logs round 0 first
-    first = [_evaluation_record(exp, initial, 0, None, comm, 0.0)] if evaluate_start else []
-    return Progress(0, initial, comm, 0.0, first)
+      checkpoint.write_jsonl_atomic(metrics_path, [])  # _run_batch logs round 0 first
+    return Progress(0, initial, comm, 0.0, [])
   if restored.round > config.train.rounds:
     raise ValueError(f"train.rounds={config.train.rounds} is below the round of the newest "
                      f"checkpoint ({restored.round}) in {checkpoints.directory}; use a new "
@@ -322,69 +303,114 @@ def _divergence_error(exp: Experiment, begin: int, end: int, loss_R: np.ndarray,
       "--config.checkpoint.fresh=True.")
 
 
-def _run_chunk(exp: Experiment, progress: Progress, end: int, mixing_for: Callable,
-               checkpoints: checkpoint.RunCheckpoints) -> float:
-  """Advances `progress` through rounds [progress.round, end); returns the mean train loss.
+@dataclasses.dataclass
+class Run:
+  """One run of a batch: what the driver keeps for it besides the batch's state."""
+  exp: Experiment
+  workdir: str
+  checkpoints: checkpoint.RunCheckpoints
+  progress: Progress
+  meta: dict
+  failure: BaseException | None = None  # set when the run diverged (the others go on)
 
-  Raises Diverged, leaving `progress` and the checkpoints as they were, if any loss or any
-  node's state is non-finite.
-  """
-  begin = progress.round
-  mixing, per_round = mixing_for(begin, end)
-  rounds_R = jnp.arange(begin, end, dtype=jnp.int32)
-  state, metrics = exp.run_chunk(progress.state, exp.data, exp.train_key, rounds_R, mixing,
-                                 per_round)
-  metrics = jax.device_get(metrics)
-  loss_R = np.asarray(metrics.loss, np.float64)
+
+def _check_chunk(run: Run, begin: int, end: int, loss_R: np.ndarray, state) -> None:
+  """Raises Diverged if a loss of the chunk or a node's state is non-finite (the run's
+  checkpoints untouched; a save in flight, which holds a good state, completes first)."""
   bad_nodes = checkpoint.nonfinite_nodes(state)
   if bad_nodes or not np.isfinite(loss_R).all():
-    checkpoints.wait()  # a save in flight holds a good state: let it complete
-    raise _divergence_error(exp, begin, end, loss_R, bad_nodes, checkpoints.latest_round())
-  progress.state, progress.round = state, end
-  progress.comm.add(metrics)
-  return float(np.mean(loss_R))
+    run.checkpoints.wait()
+    raise _divergence_error(run.exp, begin, end, loss_R, bad_nodes,
+                            run.checkpoints.latest_round())
 
 
-def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
-                checkpoints: checkpoint.RunCheckpoints, guard: checkpoint.PreemptionGuard):
-  """The loop: chunks of rounds (see chunk_end), an evaluation after each, checkpoints at
-  chunk ends."""
-  config = exp.config
+def _run_batch(runs: list[Run], guard: checkpoint.PreemptionGuard) -> float:
+  """The loop, for S >= 1 runs at the same round sharing one program (dfl/batching.py):
+  chunks of rounds (see chunk_end), an evaluation after each, each run's checkpoints at chunk
+  ends. A single run raises Diverged; in a batch a diverging run stops alone (its error kept in
+  `Run.failure`, its last good checkpoint kept) and the others finish. Returns the seconds spent.
+  """
+  batch = RunBatch([r.exp for r in runs])
+  exp0, size = runs[0].exp, len(runs)
+  config = exp0.config
   rounds = config.train.rounds
-  mixing_for = _mixing_source(exp)
-  meta = run_meta(config)
+  main = is_main_process()  # multi-host: every process computes, only process 0 writes
+  state = batch.stack([r.progress.state for r in runs])
   start = time.perf_counter()
-  main = is_main_process()
-  with (make_metric_writer(workdir, tensorboard=config.logging.tensorboard, mode="a",
-                          resume_round=progress.round) if main
-        else MultiWriter([])) as writer, \
-      progress_bar(total=rounds, initial=progress.round,
-                   desc=f"{config.algorithm.name}/{config.topology.name}", disable=not main) as bar:
-    if progress.round == 0:
-      writer.write(progress.records[0])
-    while progress.round < rounds:
-      begin = progress.round
-      end = chunk_end(exp, begin)
-      train_loss = _run_chunk(exp, progress, end, mixing_for, checkpoints)
-      wall = progress.wall_offset + time.perf_counter() - start
-      record = _evaluation_record(exp, progress.state, end, train_loss, progress.comm, wall)
-      progress.records.append(record)
-      writer.write(record)
-      checkpoint.self_signal_hook(end, "evaluated", checkpoints)
+  desc = f"{config.algorithm.name}/{config.topology.name}" + (f" x{size} runs" if size > 1 else "")
+  with contextlib.ExitStack() as stack:
+    writers = [stack.enter_context(
+        make_metric_writer(r.workdir, tensorboard=config.logging.tensorboard, mode="a",
+                           resume_round=r.progress.round) if main else MultiWriter([]))
+               for r in runs]
+    bar = stack.enter_context(progress_bar(total=rounds, initial=runs[0].progress.round,
+                                           desc=desc, disable=not main))
+    done = runs[0].progress.round
+    if done == 0:
+      for run, figures, writer in zip(runs, batch.evaluate(state), writers):
+        run.progress.records = [evaluation_record(figures, 0, None, run.progress.comm, 0.0)]
+        writer.write(run.progress.records[0])
+    while done < rounds:
+      begin, end = done, chunk_end(exp0, done)
+      state, metrics = batch.run_rounds(state, begin, end)
+      metrics = jax.device_get(metrics)
+      losses = {}
+      for s, run in enumerate(runs):
+        if run.failure is not None:
+          continue
+        metrics_s = metrics if size == 1 else jax.tree.map(lambda x, s=s: x[s], metrics)
+        loss_R = np.asarray(metrics_s.loss, np.float64)
+        try:
+          _check_chunk(run, begin, end, loss_R, batch.unstack(state, s))
+        except checkpoint.Diverged as e:
+          if size == 1:
+            raise
+          run.failure = e
+          print(f"run {run.workdir} stopped: {e}", file=sys.stderr, flush=True)
+          continue
+        run.progress.comm.add(metrics_s)
+        run.progress.round = end
+        losses[s] = float(np.mean(loss_R))
+      done = end
+      if not losses:  # every run of the batch diverged
+        break
+      figures = batch.evaluate(state)
       preempted = guard.signum is not None and end < rounds
-      if preempted or checkpoint_due(config, begin, end):
-        checkpoints.save(end, progress.state, {**meta, "comm": progress.comm.state_dict(),
-                                                "wall_seconds": wall, "record": record})
-        checkpoint.self_signal_hook(end, "saving", checkpoints)
+      save = preempted or checkpoint_due(config, begin, end)
+      walls = {}
+      for s, loss in losses.items():
+        run = runs[s]
+        walls[s] = run.progress.wall_offset + time.perf_counter() - start
+        record = evaluation_record(figures[s], end, loss, run.progress.comm, walls[s])
+        run.progress.records.append(record)
+        writers[s].write(record)
+      checkpoint.self_signal_hook(end, "evaluated", runs[min(losses)].checkpoints)
+      if save:
+        for s in losses:
+          run = runs[s]
+          run.checkpoints.save(end, batch.unstack(state, s),
+                               {**run.meta, "comm": run.progress.comm.state_dict(),
+                                "wall_seconds": walls[s],
+                                "record": run.progress.records[-1]})
+        checkpoint.self_signal_hook(end, "saving", runs[min(losses)].checkpoints)
       bar.update(end - begin)
-      short, _, value = headline(record)
-      bar.set_postfix(**{short: f"{value:.4g}", "loss": f"{train_loss:.4f}"})
+      first = runs[min(losses)].progress.records[-1]
+      short, _, value = headline(first)
+      if size > 1:
+        value = float(np.mean([headline(runs[s].progress.records[-1])[2] for s in losses]))
+      bar.set_postfix(**{short: f"{value:.4g}", "loss": f"{np.mean(list(losses.values())):.4f}"})
       if preempted:
-        checkpoints.wait()
+        for run in runs:
+          run.checkpoints.wait()
+        where = ("checkpoint written to " + runs[0].checkpoints.directory if size == 1 else
+                 "each run's checkpoint is in its workdir")
         raise checkpoint.Preempted(guard.signum, end, (
             f"Stopped by {signal.Signals(guard.signum).name} after round {end} of {rounds}; "
-            f"checkpoint written to {checkpoints.directory}. Run the same command with the same "
-            f"--workdir to resume from round {end}."))
+            f"{where}. Run the same command{' with the same --workdir' if size == 1 else ''} to "
+            f"resume from round {end}."))
+  for s, run in enumerate(runs):
+    if run.failure is None:
+      run.progress.state = batch.unstack(state, s)
   return time.perf_counter() - start
 
 
@@ -463,8 +489,10 @@ def with_objects(config, model, dataset):
   return config, dataset
 
 
-def _train_and_evaluate(config, workdir: str, model=None, dataset=None) -> dict:
-  exp = build_experiment(config, model=model, dataset=dataset)
+def _open_run(exp: Experiment, workdir: str) -> Run:
+  """The run's checkpoints (after checkpoint.fresh discarded old outputs) and its progress, from
+  its newest checkpoint or round 0; config.json written. Closes the checkpoints on failure."""
+  config = exp.config
   main = is_main_process()  # multi-host: every process computes, only process 0 writes
   if config.checkpoint.fresh and main:
     checkpoint.discard_run(workdir, OUTPUTS)
@@ -479,19 +507,21 @@ def _train_and_evaluate(config, workdir: str, model=None, dataset=None) -> dict:
                    config.algorithm.name, config.topology.name, config.num_nodes,
                    exp.placement.mesh.size, config.data.name, config.model.name,
                    exp.model_bytes // 4)
-    with checkpoint.PreemptionGuard() as guard:
-      elapsed = _run_chunks(exp, progress, workdir, checkpoints, guard)
   except BaseException:
-    checkpoints.close(after_error=True)  # a failed save in flight must not hide this error
+    checkpoints.close(after_error=True)
     raise
-  checkpoints.close()
+  return Run(exp, workdir, checkpoints, progress, run_meta(config))
 
-  rounds, records = config.train.rounds, progress.records
-  summary = make_summary(records, rounds, progress.wall_offset + elapsed)
-  merge_start = _merge_start(exp)
+
+def _finish_run(run: Run, elapsed: float) -> dict:
+  """summary.json of a finished run, and its one line on stdout."""
+  config, workdir = run.exp.config, run.workdir
+  rounds, records = config.train.rounds, run.progress.records
+  summary = make_summary(records, rounds, run.progress.wall_offset + elapsed)
+  merge_start = _merge_start(run.exp)
   if merge_start is not None:
     summary.update(_before_merge(records, merge_start))
-  if not main:
+  if not is_main_process():
     return summary
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
@@ -511,3 +541,103 @@ def _train_and_evaluate(config, workdir: str, model=None, dataset=None) -> dict:
   print(f"{what} after {rounds} "
         f"rounds, {summary['wall_seconds']:.1f} s; outputs in {workdir}", flush=True)
   return summary
+
+
+def _close(runs: list[Run], after_error: bool) -> None:
+  for run in runs:
+    run.checkpoints.close(after_error=after_error)
+
+
+def _train_and_evaluate(config, workdir: str, model=None, dataset=None) -> dict:
+  exp = build_experiment(config, model=model, dataset=dataset)
+  runs = [_open_run(exp, workdir)]
+  try:
+    with checkpoint.PreemptionGuard() as guard:
+      elapsed = _run_batch(runs, guard)
+  except BaseException:
+    _close(runs, after_error=True)  # a failed save in flight must not hide this error
+    raise
+  _close(runs, after_error=False)
+  return _finish_run(runs[0], elapsed)
+
+
+def train_and_evaluate_batch(configs: Sequence, workdirs: Sequence[str], *,
+                             max_batch: int = 0) -> list:
+  """Runs several configs, as few compiled programs as their structure allows (dfl/batching.py):
+  each run writes its workdir exactly as `train_and_evaluate(config, workdir)` would and
+  resumes from its own checkpoints. Runs that cannot share a program (another algorithm, a
+  changed shape, a resume from another round) go to separate batches, run one after another;
+  `max_batch` > 0 caps a batch at that many runs (0: as many as fit, `batching.max_batch_runs`).
+
+  One failing run never takes the others down: a run that diverges stops alone, one whose
+  build or batch fails is reported, the others go on. Returns, per run, its summary dict or the
+  exception that ended it. SIGTERM / SIGINT stops all runs after a checkpoint (Preempted).
+  """
+  if len(configs) != len(workdirs) or not configs:
+    raise UserError(f"Need one workdir per config, got {len(configs)} configs and "
+                    f"{len(workdirs)} workdirs.")
+  if len({os.path.abspath(w) for w in workdirs}) != len(workdirs):
+    raise UserError(f"Need a distinct workdir per run, got workdirs={list(workdirs)}.")
+  for config in configs:
+    validate_config(config)
+  for workdir in workdirs:
+    os.makedirs(workdir, exist_ok=True)
+  outcomes: list = [None] * len(configs)
+  with workdir_lock.hold(workdirs):
+    exps = {}
+    for i, config in enumerate(configs):
+      try:
+        exps[i] = build_experiment(config)
+      except (UserError, ValueError, OSError) as e:
+        outcomes[i] = e
+        print(f"run {workdirs[i]} not started: {e}", file=sys.stderr, flush=True)
+    for group in _batches(exps, workdirs, max_batch):
+      for i, result in zip(group, _run_group([exps[i] for i in group],
+                                             [workdirs[i] for i in group])):
+        outcomes[i] = result
+  return outcomes
+
+
+def _batches(exps: dict, workdirs: Sequence[str], max_batch: int) -> list[list[int]]:
+  """Run indices in batches: runs that share a program (`compatible_groups`), at most
+  `max_batch` (or what fits in memory) per batch."""
+  order = sorted(exps)
+  groups = []
+  for group in compatible_groups([exps[i] for i in order]):
+    members = [order[j] for j in group]
+    cap = max_batch or max_batch_runs(exps[members[0]])
+    groups += [members[k:k + cap] for k in range(0, len(members), cap)]
+  return groups
+
+
+def _run_group(exps: list[Experiment], workdirs: list[str]) -> list:
+  """Runs that share a program, in sub-batches of runs resumed at the same round; returns each
+  run's summary or exception. Preempted (SIGTERM / SIGINT) propagates."""
+  runs, results = [], {}
+  for k, (exp, workdir) in enumerate(zip(exps, workdirs)):
+    try:
+      runs.append((k, _open_run(exp, workdir)))
+    except (UserError, ValueError, OSError, checkpoint.CheckpointError) as e:
+      results[k] = e
+      print(f"run {workdir} not started: {e}", file=sys.stderr, flush=True)
+  by_round: dict[int, list] = {}
+  for k, run in runs:
+    by_round.setdefault(run.progress.round, []).append((k, run))
+  for members in by_round.values():
+    batch = [run for _, run in members]
+    try:
+      with checkpoint.PreemptionGuard() as guard:
+        elapsed = _run_batch(batch, guard)
+    except checkpoint.Preempted:
+      _close([run for _, run in runs], after_error=True)
+      raise
+    except Exception as e:  # this batch's runs fail together; other batches go on
+      _close(batch, after_error=True)
+      for k, run in members:
+        results[k] = e
+      print(f"batch of {len(batch)} run(s) failed: {e}", file=sys.stderr, flush=True)
+      continue
+    _close(batch, after_error=False)
+    for k, run in members:
+      results[k] = run.failure if run.failure is not None else _finish_run(run, elapsed)
+  return [results[k] for k in range(len(exps))]

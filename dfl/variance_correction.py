@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 
 from dfl.mixing import DenseMixing, Mixing, SparseMixing, mix
+from dfl.tracing import concrete, is_traced
 
 PyTree = Any
 TARGETS = ("follow_others", "follow_self", "conservative")
@@ -155,9 +156,9 @@ def check_options(*, target: str, beta: float, estimator: str, tensors: str, str
     raise ValueError(f"Unknown estimator={estimator!r}; valid: {list(ESTIMATORS)}.")
   if tensors not in TENSORS:
     raise ValueError(f"Unknown tensors={tensors!r}; valid: {list(TENSORS)}.")
-  if not 0.0 <= beta <= 1.0:
+  if concrete(beta) and not 0.0 <= beta <= 1.0:
     raise ValueError(f"beta must be in [0, 1], got {beta}.")
-  if not strength >= 0.0:
+  if concrete(strength) and not strength >= 0.0:
     raise ValueError(f"strength must be >= 0 (0: no correction, 1: full), got {strength}.")
   if not eps >= 0.0:
     raise ValueError(f"eps must be >= 0, got {eps}.")
@@ -251,13 +252,18 @@ def variance_corrected_mixer(**options) -> Callable[[Mixing, PyTree], PyTree]:
   return lambda mixing, params: variance_corrected_mix(mixing, params, **options)
 
 
+def _number(value):
+  """A float from the config, or a traced value as is (hyperparameters batched over runs)."""
+  return value if is_traced(value) else float(value)
+
+
 def build_mixer(section) -> Optional[Callable[[Mixing, PyTree], PyTree]]:
   """The mixer selected by the config's `variance_correction` section; None = plain gossip."""
   if section is None or not section.enabled:
     return None
-  return variance_corrected_mixer(target=section.target, beta=float(section.beta),
+  return variance_corrected_mixer(target=section.target, beta=_number(section.beta),
                                   estimator=section.estimator, tensors=section.tensors,
-                                  strength=float(section.strength), eps=float(section.eps),
+                                  strength=_number(section.strength), eps=float(section.eps),
                                   eps_mode=section.get("eps_mode", "threshold"),
                                   norm_layers=section.get("norm_layers", "skip"),
                                   received_weights=section.get("received_weights", "mixing"))

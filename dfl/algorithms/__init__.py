@@ -28,6 +28,7 @@ from dfl.algorithms.push_sum import push_sum
 from dfl.errors import UserError
 from dfl.imports import is_import_path, resolve
 from dfl.membership import build_membership
+from dfl.tracing import concrete
 
 
 class BuildContext(NamedTuple):
@@ -56,7 +57,7 @@ class LocalWork(NamedTuple):
 
 
 def _momentum(a, default: float) -> float:
-  return default if a.momentum is None else float(a.momentum)
+  return default if a.momentum is None else a.momentum  # a float, or traced (batched runs)
 
 
 def local_work(a, shard_sizes: np.ndarray, default_steps: int = DEFAULT_LOCAL_STEPS) -> LocalWork:
@@ -89,7 +90,7 @@ def _local(a, ctx: BuildContext, default_steps: int = DEFAULT_LOCAL_STEPS) -> di
 
 
 def _dfedavg(a, ctx: BuildContext) -> Algorithm:
-  if _momentum(a, 0.0) != 0.0:
+  if concrete(a.momentum) and _momentum(a, 0.0) != 0.0:
     raise ValueError(f"algorithm.name='dfedavg' is plain local SGD but algorithm.momentum="
                      f"{a.momentum}; use algorithm.name='dfedavgm' for local momentum.")
   return dfedavg(ctx.loss_fn, mixer=ctx.mixer, keep_optimizer_state=_keep(a),
@@ -98,7 +99,7 @@ def _dfedavg(a, ctx: BuildContext) -> Algorithm:
 
 def _dfedavgm(a, ctx: BuildContext) -> Algorithm:
   momentum = _momentum(a, 0.9)
-  if not 0.0 < momentum < 1.0:
+  if concrete(momentum) and not 0.0 < momentum < 1.0:
     raise ValueError(f"algorithm.name='dfedavgm' needs 0 < algorithm.momentum < 1, got {momentum}.")
   return dfedavg(ctx.loss_fn, momentum=momentum, mixer=ctx.mixer,
                  keep_optimizer_state=_keep(a), **_local(a, ctx))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from dfl.execution import node_map
 from dfl.local import NodeData, minibatch_gradient
 from dfl.mixing import Mixing
+from dfl.tracing import is_traced
 
 PyTree = Any
 
@@ -63,7 +64,7 @@ def node_gradients(loss_fn: Callable, *, batch_size: int, weight_decay: float = 
   gradient per round of exact diffusion and QGM."""
   def grad(x, key, data):
     loss, g = minibatch_gradient(loss_fn, x, key, data, batch_size=batch_size, augment=augment)
-    if weight_decay:
+    if is_traced(weight_decay) or weight_decay:
       g = jax.tree.map(lambda gi, xi: gi + weight_decay * xi, g, x)
     return loss, g
 

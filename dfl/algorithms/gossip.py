@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from dfl.algorithms.base import Algorithm, RoundInputs, merge_flag
 from dfl.algorithms.local_then_gossip import Mixer, local_then_gossip
 from dfl.local import make_local_sgd, make_optimizer
+from dfl.tracing import concrete
 from dfl.mixing import DenseMixing, Mixing, SparseMixing, mix
 
 
@@ -106,7 +107,7 @@ def gossip_learning(loss_fn: Callable, *, lr: float, local_steps: int, batch_siz
     clip_norm: clip each local gradient to this global L2 norm (None: no clipping).
     augment: augment(key, x_B) -> x_B applied to every local minibatch (None: none).
   """
-  if not 0.0 <= self_weight < 1.0:
+  if concrete(self_weight) and not 0.0 <= self_weight < 1.0:
     raise ValueError(f"self_weight (β) must be in [0, 1), got {self_weight}; 1 would never gossip.")
   if aggregation_weights not in AGGREGATION_WEIGHTS:
     raise ValueError(f"Unknown algorithm.aggregation_weights={aggregation_weights!r}; valid: "

@@ -74,12 +74,14 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.algorithms.fedavg import SAMPLING_STREAM
 from dfl.execution import node_map
 from dfl.local import NodeData, make_local_sgd, make_optimizer
 from dfl.membership import Membership, static_membership
+from dfl.tracing import concrete
 
 PyTree = object
 ARRIVAL_STREAM = 2**31 - 2  # fold_in tag of the arrival order at the aggregators
@@ -149,14 +151,14 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
   if not 1 <= a <= s <= num_nodes:
     raise ValueError(f"MoDeST needs 1 <= aggregators <= sample_size <= num_nodes, got "
                      f"aggregators={a}, sample_size={s}, num_nodes={num_nodes}.")
-  if not 0 < success_fraction <= 1:
+  if concrete(success_fraction) and not 0 < success_fraction <= 1:
     raise ValueError(f"success_fraction must be in (0, 1], got {success_fraction}.")
   if not (isinstance(min_models, int) and min_models >= 1):
     raise ValueError(f"algorithm.min_models must be an integer >= 1, got {min_models!r}.")
   if not (isinstance(inactivity_rounds, int) and inactivity_rounds >= 0):
     raise ValueError(f"algorithm.inactivity_rounds must be an integer >= 0 (0: never drop a "
                      f"failed node), got {inactivity_rounds!r}.")
-  quorum = max(1, math.floor(success_fraction * s))  # the reference's floor; one arrival at least
+  quorum = success_quorum(success_fraction, s)
   membership = membership or static_membership(num_nodes)
   if membership.num_nodes != num_nodes:
     raise ValueError(f"membership covers {membership.num_nodes} nodes, expected {num_nodes}.")
@@ -256,6 +258,25 @@ def _communication(num_nodes: int, a: int, sample: Selection, delivered_S: jax.A
   control = (jnp.sum(delivered_S, dtype=jnp.int32) * (following.examined[a - 1] + num_agg)
              + num_agg * (following.examined[-1] + jnp.sum(following.valid, dtype=jnp.int32)))
   return sent_N, received_N, control
+
+
+def success_quorum(success_fraction, sample_size: int):
+  """max(1, floor(sf * s)): the reference's floor, one arrival at least. A traced sf (batched
+  over runs) is floored in float32 on device; `check_batchable_quorum` makes sure that equals
+  the host's float64 floor for the run's value."""
+  if concrete(success_fraction):
+    return max(1, math.floor(success_fraction * sample_size))
+  product = success_fraction.astype(jnp.float32) * jnp.float32(sample_size)
+  return jnp.maximum(1, jnp.floor(product).astype(jnp.int32))
+
+
+def check_batchable_quorum(success_fraction: float, sample_size: int) -> None:
+  """Refuses an sf whose float32 product floors differently from the float64 one."""
+  device = max(1, int(np.floor(np.float32(success_fraction) * np.float32(sample_size))))
+  if device != success_quorum(float(success_fraction), sample_size):
+    raise ValueError(f"algorithm.success_fraction={success_fraction} cannot be batched with "
+                     f"sample_size={sample_size}: floor(sf * s) differs in float32; run it "
+                     "separately (launch.sweep --batch none).")
 
 
 def modest(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, batch_size: int,

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_gradients
 from dfl.local import AugmentFn
 from dfl.mixing import messages_per_step, mix
+from dfl.tracing import concrete
 
 PyTree = object
 
@@ -83,8 +84,8 @@ def build(a, ctx) -> Algorithm:
   """The registry's builder: reads the `algorithm` config section (momentum default 0.9)."""
   from dfl.algorithms.base import refuse_unsupported
   refuse_unsupported(a, ctx, one_step=True, momentum=True)
-  beta = 0.9 if a.momentum is None else float(a.momentum)
-  if not 0.0 <= beta < 1.0:
+  beta = 0.9 if a.momentum is None else a.momentum  # a float, or traced (batched runs)
+  if concrete(beta) and not 0.0 <= beta < 1.0:
     raise ValueError(f"algorithm.name='qgm' needs 0 <= algorithm.momentum < 1, got {beta}.")
   return qgm(ctx.loss_fn, lr=a.lr, batch_size=a.batch_size, momentum=beta,
              weight_decay=a.weight_decay, lr_decay=a.lr_decay, augment=ctx.augment)
