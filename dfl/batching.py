@@ -48,6 +48,11 @@ BATCHABLE = {"algorithm": ("lr", "lr_decay", "momentum", "weight_decay", "rho", 
                            "clip_norm", "success_fraction"),
              "variance_correction": ("beta", "strength")}
 DEFAULT_MOMENTUM = {"dfedavgm": 0.9, "qgm": 0.9}  # None means 0 for every other algorithm
+# Values whose presence changes the optimizer's state (a momentum buffer, a clipping stage): a
+# batch holds runs on one side only, so that each run's state, and so its checkpoint, has the
+# structure of its separate run (which a run resumed alone restores into).
+STATE_CHANGING = {"algorithm.momentum": lambda v: v != 0.0,
+                  "algorithm.clip_norm": lambda v: v != math.inf}
 
 
 class IncompatibleRuns(ValueError):
@@ -93,6 +98,10 @@ def varying_hyperparameters(configs: Sequence) -> dict[str, np.ndarray]:
       raise IncompatibleRuns(f"{field} is set in some runs of the batch and absent in others.")
     if len(set(values)) > 1:
       varying[field] = np.asarray(values, np.float32)
+      if field in STATE_CHANGING and len({STATE_CHANGING[field](v) for v in values}) > 1:
+        raise IncompatibleRuns(f"{field} is off (0 / unset) in some runs of the batch and set in "
+                               "others, which changes the optimizer's state; they run in "
+                               "separate batches.")
   if "algorithm.success_fraction" in varying:
     for c in configs:
       s = c.algorithm.sample_size
@@ -317,9 +326,13 @@ def _signature(exp: Experiment, fields: Sequence[str], width: int, sparse_width:
   mixing = (SparseMixing(jax.ShapeDtypeStruct((n, sparse_width), jnp.int32),
                          jax.ShapeDtypeStruct((n, sparse_width), jnp.float32)) if sparse else
             DenseMixing(jax.ShapeDtypeStruct((n, n), jnp.float32)))
-  hp = {f: jnp.float32(0) for f in fields}
+  values = batchable_values(exp.config)
+  state_changing = tuple(on(values[f]) for f, on in sorted(STATE_CHANGING.items()) if f in values)
+  # A field that is off in this run (momentum 0, no clipping) stays off: its state has no slot.
+  hp = {f: jnp.float32(0) for f in fields
+        if f not in STATE_CHANGING or STATE_CHANGING[f](values.get(f, 0.0))}
   closed, _ = _round_jaxpr(exp, hp, state, data, mixing)
-  return (str(closed.jaxpr), tuple(np.shape(c) for c in closed.consts), sparse,
+  return (str(closed.jaxpr), tuple(np.shape(c) for c in closed.consts), sparse, state_changing,
           exp.topology.dense_rounds, exp.config.train.rounds, exp.config.eval.every_rounds)
 
 

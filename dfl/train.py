@@ -375,8 +375,6 @@ def _run_batch(runs: list[Run], guard: checkpoint.PreemptionGuard) -> float:
       if not losses:  # every run of the batch diverged
         break
       figures = batch.evaluate(state)
-      preempted = guard.signum is not None and end < rounds
-      save = preempted or checkpoint_due(config, begin, end)
       walls = {}
       for s, loss in losses.items():
         run = runs[s]
@@ -385,7 +383,8 @@ def _run_batch(runs: list[Run], guard: checkpoint.PreemptionGuard) -> float:
         run.progress.records.append(record)
         writers[s].write(record)
       checkpoint.self_signal_hook(end, "evaluated", runs[min(losses)].checkpoints)
-      if save:
+      preempted = guard.signum is not None and end < rounds
+      if preempted or checkpoint_due(config, begin, end):
         for s in losses:
           run = runs[s]
           run.checkpoints.save(end, batch.unstack(state, s),

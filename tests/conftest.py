@@ -1,4 +1,5 @@
 """Shared test fixtures: small configs and the location of the real datasets."""
+import copy
 import getpass
 import os
 import pathlib
@@ -86,6 +87,22 @@ def tiny_config(**overrides):
   if c.algorithm.name in ONE_GRADIENT_PER_ROUND and "algorithm__local_steps" not in overrides:
     c.algorithm.local_steps = None  # exact diffusion and QGM take one gradient per round
   return c
+
+
+def run_seeds(config, seeds, workdirs, **options):
+  """Seeds of `config` as one batch (dfl.train.train_and_evaluate_batch); their summaries,
+  raising the first run's exception if one failed."""
+  from dfl.train import train_and_evaluate_batch
+  configs = []
+  for seed in seeds:
+    c = copy.deepcopy(config)
+    c.seed = seed
+    configs.append(c)
+  outcomes = train_and_evaluate_batch(configs, [str(w) for w in workdirs], **options)
+  for outcome in outcomes:
+    if isinstance(outcome, BaseException):
+      raise outcome
+  return outcomes
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from dfl import checkpoint
-from dfl.batched import train_and_evaluate_seeds
 from dfl.train import train_and_evaluate
+from tests.conftest import run_seeds
 from dfl.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLocked, hold, locked_by_other
 from launch import sweep
 from tests.conftest import tiny_config
@@ -140,11 +140,11 @@ def test_locked_workdir_is_untouched_even_by_fresh_and_lock_released_after_an_er
   assert locked_by_other(workdir) is None and lock_record(tmp_path) == ""  # released
 
 
-def test_batched_seeds_lock_every_seed_workdir(tmp_path):
+def test_a_batch_locks_every_run_workdir(tmp_path):
   workdirs = [str(tmp_path / "seed=0"), str(tmp_path / "seed=1")]
   with WorkdirLock(workdirs[1]):
     with pytest.raises(WorkdirLocked, match=r"seed=1 is in use"):
-      train_and_evaluate_seeds(tiny_config(), [0, 1], workdirs)
+      run_seeds(tiny_config(), [0, 1], workdirs)
   assert os.listdir(workdirs[0]) == [LOCK_NAME]  # nothing written, lock released
   assert locked_by_other(workdirs[0]) is None
 

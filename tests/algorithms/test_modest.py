@@ -246,9 +246,9 @@ def test_training_continues_after_80_percent_fail(tiny, tmp_path):
 
 def test_batched_seeds_equal_separate_runs(tiny, tmp_path):
   """The evaluation view (round model on every row) survives a leading seed axis."""
-  from dfl.batched import train_and_evaluate_seeds
+  from tests.conftest import run_seeds
   config = tiny(algorithm__name="modest", algorithm__sample_size=2)
-  batched = train_and_evaluate_seeds(config, [0, 1], [str(tmp_path / "b0"), str(tmp_path / "b1")])
+  batched = run_seeds(config, [0, 1], [tmp_path / "b0", tmp_path / "b1"])
   for seed, summary in zip((0, 1), batched):
     config.seed = seed
     alone = train_and_evaluate(config, str(tmp_path / f"s{seed}"))

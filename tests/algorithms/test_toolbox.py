@@ -322,14 +322,20 @@ def test_full_batches_run_every_algorithm_of_the_driver(tmp_path):
 
 # ---------------------------------------------------------------- the driver around them
 
-def test_least_squares_with_batched_seeds_needs_a_shared_problem(tmp_path):
-  from dfl.batched import train_and_evaluate_seeds
+def test_least_squares_seeds_batch_only_when_they_share_a_problem(tmp_path):
+  from dfl.batching import IncompatibleRuns, RunBatch, compatible_groups
+  from dfl.experiment import build_experiment
+  from tests.conftest import run_seeds
   c = ls_config("exact_diffusion")
   c.train.rounds, c.eval.every_rounds = 2, 2
-  with pytest.raises(ValueError, match="fix data.seed"):
-    train_and_evaluate_seeds(c, [0, 1], [str(tmp_path / "a"), str(tmp_path / "b")])
-  c.data.seed = 7  # one problem for every seed: batched runs equal separate ones
-  summaries = train_and_evaluate_seeds(c, [0, 1], [str(tmp_path / "c"), str(tmp_path / "d")])
+  other = c.copy_and_resolve_references()
+  other.seed = 1
+  exps = [build_experiment(c), build_experiment(other)]
+  with pytest.raises(IncompatibleRuns, match="fix data.seed"):  # each seed its own problem
+    RunBatch(exps)
+  assert compatible_groups(exps) == [[0], [1]]  # so they run one after the other
+  c.data.seed = 7  # one problem for every seed: one batch, equal to the separate runs
+  summaries = run_seeds(c, [0, 1], [tmp_path / "c", tmp_path / "d"])
   from dfl.train import train_and_evaluate
   c.seed = 1
   separate = train_and_evaluate(c, str(tmp_path / "e"))
