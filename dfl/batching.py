@@ -26,6 +26,7 @@ partition, graph, sampling keys). Those values are data with a leading S axis:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Sequence
@@ -53,6 +54,34 @@ DEFAULT_MOMENTUM = {"dfedavgm": 0.9, "qgm": 0.9}  # None means 0 for every other
 # structure of its separate run (which a run resumed alone restores into).
 STATE_CHANGING = {"algorithm.momentum": lambda v: v != 0.0,
                   "algorithm.clip_norm": lambda v: v != math.inf}
+
+
+# Fields that never define a batch's program: per-run data (seeds, partitions, graphs) and the
+# run's own bookkeeping. With the batchable hyperparameters they are left out of
+# `structural_key`.
+PER_RUN_DATA = ("seed", "data.seed", "data.alpha", "data.partition", "data.classes_per_node",
+                "topology.")  # every topology field: the graph is data (mixing_form excepted)
+NOT_PROGRAM = ("checkpoint.", "logging.")
+
+
+def structural_key(config) -> str:
+  """Equal for two configs when they may share one compiled program: they differ only in
+  batchable hyperparameters, per-run data and bookkeeping (a cheap, config-level grouping for
+  launch.sweep; the batch itself still compares the traced programs, `compatible_groups`)."""
+  skip = set(f"{section}.{field}" for section, fields in BATCHABLE.items() for field in fields)
+  flat = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if hasattr(value, "items"):
+        walk(value, name + ".")
+      elif (name not in skip and not name.startswith(NOT_PROGRAM) and
+            not (name in PER_RUN_DATA or (name.startswith("topology.") and
+                                          name != "topology.mixing_form"))):
+        flat[name] = value
+  walk(config, "")
+  return json.dumps(flat, sort_keys=True, default=str)
 
 
 class IncompatibleRuns(ValueError):

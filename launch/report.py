@@ -98,8 +98,9 @@ def load_failed_starts(root: str) -> list[FailedStart]:
   failed = []
   for dirpath, dirnames, filenames in sorted(os.walk(root)):
     dirnames.sort()
-    if "run.log" not in filenames or any("config.json" in names for _, _, names in os.walk(dirpath)):
-      continue  # (a batched-seeds process logs in the setting's folder, its seeds below it)
+    if ("run.log" not in filenames or "runs.json" in filenames or
+        any("config.json" in names for _, _, names in os.walk(dirpath))):
+      continue  # (a batch logs in its own folder with its runs.json, its runs elsewhere)
     with open(os.path.join(dirpath, "run.log"), errors="replace") as f:
       commands = [line[4:] for line in f if line.startswith("=== ")]  # see launch/sweep.py
     overrides = {}

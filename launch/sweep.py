@@ -50,8 +50,10 @@ _EMIT = flags.DEFINE_enum("emit", None, ["commands", "slurm"],
                           "Do not run: print the pending commands, or write ROOT/sweep.slurm.")
 _SBATCH = flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH option for --emit=slurm, "
                                     "e.g. --sbatch=--gres=gpu:1 --sbatch=--time=4:00:00.")
-_BATCH_SEEDS = flags.DEFINE_bool("batch_seeds", False, "Run the seeds of each setting together in "
-                                 "one compiled program (launch.main --seeds; dfl/batched.py).")
+_BATCH = flags.DEFINE_string("batch", "auto", "auto: runs that differ only in batchable values "
+                              "(hyperparameters, seeds, data partitions, graphs) share one compiled "
+                              "program, as many per batch as fit in memory; K: at most K runs per "
+                              "batch; none: one process per run (dfl/batching.py).")
 _SHARE_CACHE = flags.DEFINE_bool("share_compilation_cache", True,
                                   "Runs share a persistent XLA compilation cache in ROOT/.jax_cache "
                                   "(unless JAX_COMPILATION_CACHE_DIR is set): runs that differ only in "
@@ -66,11 +68,13 @@ TAIL_LINES = 6
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One launch.main process: a single run, or (--batch_seeds) several seeds of one setting."""
+  """One launch.main process: a single run, or a batch of runs (--batch) sharing one program."""
   name: str
   workdir: str  # holds run.log and sweep_run.json
   command: tuple[str, ...]
   outputs: tuple[str, ...]  # the run workdirs; finished when each has a summary.json
+  overrides: tuple = ()  # a single run: its (field, value) overrides of the base config
+  runs_json: str = ""  # a batch: the runs.json its command reads (written before it starts)
 
 
 @dataclasses.dataclass
@@ -124,7 +128,7 @@ def plan_runs(config, config_arg: str, root: str, base_flags: list[str], sweep_f
     workdir = run_workdir(root, overrides)
     command = (sys.executable, "-m", "launch.main", f"--config={config_arg}", f"--workdir={workdir}",
                *base_flags, *(f"--config.{field}={value}" for field, value in overrides))
-    runs.append(Run(os.path.relpath(workdir, root), workdir, command, (workdir,)))
+    runs.append(Run(os.path.relpath(workdir, root), workdir, command, (workdir,), overrides))
   if len({r.workdir for r in runs}) != len(runs):
     raise ValueError("Two runs of the sweep map to one workdir; are some values repeated?")
   return runs
@@ -138,24 +142,59 @@ def run_workdir(root: str, overrides: sweep_spec.Overrides) -> str:
   return os.path.join(path, sweep_spec.run_name((("seed", seed[0]),))) if seed else path
 
 
-def batch_seeds(runs: list[Run]) -> list[Run]:
-  """Groups the runs of each setting into one launch.main --seeds process (dfl/batched.py)."""
+BATCH_DIR = "_batches"  # ROOT/_batches/NAME holds a batch's runs.json and run.log
+
+
+def batch_size_flag(text: str) -> int | None:
+  """--batch: None for 'none', 0 for 'auto' (what fits), else K >= 1."""
+  if text == "none":
+    return None
+  if text == "auto":
+    return 0
+  try:
+    k = int(text)
+  except ValueError:
+    k = 0
+  if k < 1:
+    raise ValueError(f"--batch must be auto, none or a number of runs >= 1, got {text!r}.")
+  return k
+
+
+def batch_runs(config, config_arg: str, runs: list[Run], root: str, base_flags: list[str],
+               cap: int) -> list[Run]:
+  """The runs as batches: those whose configs differ only in batchable values
+  (dfl.batching.structural_key) form one `launch.main --runs` process, at most `cap` runs each
+  (0: no cap here; the process sizes its batches to the memory). A batch of one stays a plain
+  run. A batch is named after its first run, so a re-run of the sweep finds the same folder."""
+  from dfl.batching import structural_key
   groups: dict[str, list[Run]] = {}
   for run in runs:
-    if not os.path.basename(run.workdir).startswith("seed="):  # see run_workdir
-      raise ValueError("--batch_seeds needs a seed axis (--seeds=0,1,2 or 'seed' in get_sweep()).")
-    groups.setdefault(os.path.dirname(run.workdir), []).append(run)
+    key = structural_key(sweep_spec.with_overrides(config, run.overrides))
+    groups.setdefault(key, []).append(run)
   batched = []
-  for setting_dir, members in groups.items():
-    seeds = [next(t for t in r.command if t.startswith("--config.seed=")).split("=", 1)[1]
-             for r in members]
-    template = os.path.join(setting_dir, "seed={seed}")
-    command = tuple(t if not t.startswith("--workdir=") else f"--workdir={template}"
-                    for t in members[0].command if not t.startswith("--config.seed="))
-    command += (f"--seeds={','.join(seeds)}",)
-    name = f"{os.path.basename(setting_dir)} (seeds {','.join(seeds)})"
-    batched.append(Run(name, setting_dir, command, tuple(r.workdir for r in members)))
+  for members in groups.values():
+    size = cap or len(members)
+    for k in range(0, len(members), size):
+      part = members[k:k + size]
+      if len(part) == 1:
+        batched.append(part[0])
+        continue
+      folder = os.path.join(root, BATCH_DIR, part[0].name.replace(os.sep, "__"))
+      listed = [{"workdir": r.workdir, "overrides": [list(o) for o in r.overrides]} for r in part]
+      command = (sys.executable, "-m", "launch.main", f"--config={config_arg}",
+                 f"--runs={os.path.join(folder, 'runs.json')}", *base_flags,
+                 *((f"--batch={cap}",) if cap else ()))
+      batched.append(Run(f"{part[0].name} +{len(part) - 1} runs", folder, command,
+                         tuple(r.workdir for r in part), runs_json=json.dumps(listed, indent=1)))
   return batched
+
+
+def write_runs_file(run: Run) -> None:
+  """A batch's runs.json, which its command reads."""
+  if run.runs_json:
+    os.makedirs(run.workdir, exist_ok=True)
+    with open(os.path.join(run.workdir, "runs.json"), "w") as f:
+      f.write(run.runs_json)
 
 
 def is_finished(run: Run) -> bool:
@@ -211,6 +250,7 @@ class Executor:
     if elsewhere:  # before writing anything there (its run.log included)
       return Outcome(run, "running elsewhere", tail=elsewhere)
     os.makedirs(run.workdir, exist_ok=True)
+    write_runs_file(run)
     log_path = os.path.join(run.workdir, LOG_NAME)
     start = time.perf_counter()
     with open(log_path, "a") as log:
@@ -314,8 +354,12 @@ def slurm_script(runs: list[Run], root: str, parallel: int, sbatch: list[str],
 
 
 def summarize(outcomes: list[Outcome], skipped: int, report=print) -> None:
-  count = lambda s: sum(o.status == s for o in outcomes)
-  report(f"\n{count('done')} done, {skipped} already finished (skipped), {count('failed')} failed"
+  """Counts runs, not processes: a batch that failed may have finished most of its runs."""
+  finished = lambda o: sum(os.path.exists(os.path.join(w, "summary.json")) for w in o.run.outputs)
+  count = lambda s: sum(len(o.run.outputs) for o in outcomes if o.status == s)
+  done = count("done") + sum(finished(o) for o in outcomes if o.status == "failed")
+  failed = sum(len(o.run.outputs) - finished(o) for o in outcomes if o.status == "failed")
+  report(f"\n{done} done, {skipped} already finished (skipped), {failed} failed"
          + (f", {count('interrupted')} interrupted" if count("interrupted") else "")
          + (f", {count('not started')} not started" if count("not started") else "")
          + (f", {count('running elsewhere')} running elsewhere (not started again; run the sweep "
@@ -339,11 +383,15 @@ def main(argv):
                      _SEEDS.value)
     check_same_base(root, config_arg, base_flags, record=_EMIT.value != "commands")
     pending = [r for r in runs if not is_finished(r)]
-    if _BATCH_SEEDS.value:
-      runs, pending = batch_seeds(runs), batch_seeds(pending)
+    cap = batch_size_flag(_BATCH.value)
+    if cap is not None:
+      pending = batch_runs(_CONFIG.value, config_arg, pending, root, base_flags, cap)
   except ValueError as e:  # a bad sweep: say what is wrong, no traceback
     raise UserError(f"launch.sweep: {e}") from None
   cache = os.path.join(root, CACHE_DIR) if _SHARE_CACHE.value else None
+  if _EMIT.value:
+    for run in pending:
+      write_runs_file(run)
   if _EMIT.value == "commands":
     print("\n".join(shlex.join(r.command) for r in pending))
     return
@@ -359,7 +407,7 @@ def main(argv):
     return
   total, todo = (sum(len(r.outputs) for r in rs) for rs in (runs, pending))
   print(f"Sweep: {total} runs under {root}, {total - todo} already finished; running {todo}"
-        + (f" in {len(pending)} batched processes" if _BATCH_SEEDS.value else "")
+        + (f" in {len(pending)} processes" if len(pending) != todo else "")
         + f", {_PARALLEL.value} at a time.", flush=True)
   executor = Executor(_PARALLEL.value, cache)
   stop_signal = []
@@ -369,7 +417,7 @@ def main(argv):
     raise KeyboardInterrupt
   signal.signal(signal.SIGTERM, on_sigterm)
   outcomes = executor.run_all(pending, report=lambda s: print(s, flush=True))
-  summarize(outcomes, len(runs) - len(pending))
+  summarize(outcomes, total - todo)
   if executor.stopping.is_set():
     print("\nInterrupted; run the same command again to resume the unfinished runs.")
     sys.exit(128 + (stop_signal[0] if stop_signal else signal.SIGINT))

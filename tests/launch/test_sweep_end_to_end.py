@@ -28,7 +28,8 @@ def sweep(root, *args):
 
 
 def test_sweep_runs_skips_finished_and_report_matches_metrics(tmp_path):
-  axes = ["--sweep=topology.name=ring,complete", "--sweep=algorithm.name=dfedavg,dpsgd", "--seeds=0,1"]
+  axes = ["--sweep=topology.name=ring,complete", "--sweep=algorithm.name=dfedavg,dpsgd", "--seeds=0,1",
+          "--batch=none"]  # one process (and run.log) per run
   first = sweep(tmp_path, *axes)
   assert first.returncode == 0, first.stdout + first.stderr
   assert "8 done, 0 already finished (skipped), 0 failed" in first.stdout
@@ -88,25 +89,38 @@ def test_a_bad_value_stops_the_sweep_before_any_run(tmp_path):
   assert not (tmp_path / "topology.name=ring").exists()
 
 
-def test_batched_seeds_sweep_runs_each_setting_in_one_process(tmp_path):
-  result = sweep(tmp_path, "--sweep=algorithm.name=dfedavg", "--seeds=0,1", "--batch_seeds")
+def test_a_grid_runs_as_batches_and_equals_one_process_per_run(tmp_path):
+  """lr x seed share one program; the two algorithms land in two batches. Each run's outputs are
+  those of its separate run (float32 tolerance: the batch vmaps the round over runs)."""
+  grid = ["--sweep=algorithm.name=dfedavg,gossip", "--sweep=algorithm.lr=0.05,0.1", "--seeds=0,1"]
+  result = sweep(tmp_path / "batched", *grid)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert "1 done, 0 already finished (skipped), 0 failed" in result.stdout
-  setting = tmp_path / "algorithm.name=dfedavg"
-  assert "--seeds=0,1" in (setting / "run.log").read_text()  # one process for both seeds
-  for seed in (0, 1):
-    summary = json.loads((setting / f"seed={seed}" / "summary.json").read_text())
-    assert summary["batched_seeds"] == [0, 1]
-    assert json.loads((setting / f"seed={seed}" / "config.json").read_text())["seed"] == seed
-  again = sweep(tmp_path, "--sweep=algorithm.name=dfedavg", "--seeds=0,1")  # unbatched: same dirs
-  assert "0 done, 2 already finished (skipped), 0 failed" in again.stdout
+  assert "Sweep: 8 runs" in result.stdout and "in 2 processes" in result.stdout
+  assert "8 done, 0 already finished (skipped), 0 failed" in result.stdout
+  batches = sorted(os.listdir(tmp_path / "batched" / "_batches"))
+  assert len(batches) == 2
+  runs = json.loads((tmp_path / "batched" / "_batches" / batches[0] / "runs.json").read_text())
+  assert len(runs) == 4
+  separate = sweep(tmp_path / "separate", *grid, "--batch=none")
+  assert "in 2 processes" not in separate.stdout and "8 done" in separate.stdout
+  for path in (tmp_path / "separate").rglob("summary.json"):
+    twin = tmp_path / "batched" / path.relative_to(tmp_path / "separate")
+    a, b = json.loads(path.read_text()), json.loads(twin.read_text())
+    assert set(a) == set(b)
+    assert b["final_test_accuracy"] == pytest.approx(a["final_test_accuracy"], rel=1e-5)
+    assert b["comm_bytes"] == a["comm_bytes"]
+  again = sweep(tmp_path / "batched", *grid)  # finished runs are skipped, batched or not
+  assert "0 done, 8 already finished (skipped), 0 failed" in again.stdout
+  report = subprocess.run([sys.executable, "-m", "launch.report", str(tmp_path / "batched")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert report.returncode == 0 and "failed before" not in report.stdout, report.stdout
 
 
 def test_sigterm_stops_the_runs_reports_them_interrupted_and_they_resume(tmp_path):
   import signal
   import time
   cmd = [sys.executable, "-m", "launch.sweep", "--config=experiments/configs/default.py",
-         f"--root={tmp_path}", "--parallel=2", "--seeds=0,1,2", *TINY,
+         f"--root={tmp_path}", "--parallel=2", "--seeds=0,1,2", "--batch=none", *TINY,
          "--config.train.rounds=1000000", "--config.checkpoint.every_rounds=1000000"]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:

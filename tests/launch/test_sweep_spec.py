@@ -1,4 +1,5 @@
 """Sweep axes -> runs, workdir names, and the commands handed to launch.main / SLURM."""
+import json
 import os
 import sys
 
@@ -89,18 +90,23 @@ def test_get_sweep_of_a_config_file_plans_runs_and_slurm_array(tmp_path):
       sweep_spec.run_name((("topology.name", "torus"), ("model.hidden", v))) for v in ("(16,)", "(8, 8)")]
 
 
-def test_batch_seeds_makes_one_command_per_setting(tmp_path):
+def test_batches_group_runs_that_differ_only_in_batchable_values(tmp_path):
   config = default.get_config()
-  runs = sweep.plan_runs(config, "experiments/configs/default.py", str(tmp_path), [],
-                         ["topology.name=ring,complete"], [], seeds="0,1,2")
-  assert [os.path.relpath(r.workdir, tmp_path) for r in runs[:2]] == [
-      "topology.name=ring/seed=0", "topology.name=ring/seed=1"]
-  batched = sweep.batch_seeds(runs[1:])  # seed 0 of the ring already finished, say
-  assert len(batched) == 2
-  ring = batched[0]
-  assert ring.command[-1] == "--seeds=1,2" and not any("config.seed" in t for t in ring.command)
-  assert f"--workdir={tmp_path}/topology.name=ring/seed={{seed}}" in ring.command
-  assert ring.outputs == (runs[1].workdir, runs[2].workdir)
-  with pytest.raises(ValueError, match="needs a seed axis"):
-    sweep.batch_seeds(sweep.plan_runs(config, "experiments/configs/default.py", str(tmp_path),
-                                      ["--config.seed=3"], ["topology.name=ring"], [], None))
+  runs = sweep.plan_runs(config, "experiments/configs/default.py", str(tmp_path), ["--config.num_nodes=4"],
+                         ["algorithm.name=dfedavg,dpsgd", "algorithm.lr=0.1,0.3"], [], seeds="0,1")
+  batched = sweep.batch_runs(config, "experiments/configs/default.py", runs[1:], str(tmp_path),
+                             ["--config.num_nodes=4"], cap=0)  # run 0 finished, say
+  assert [len(b.outputs) for b in batched] == [3, 4]  # per algorithm: lr x seed
+  first = batched[0]
+  assert first.outputs == tuple(r.workdir for r in runs[1:4])
+  assert first.command[3:] == ("--config=experiments/configs/default.py",
+                               f"--runs={first.workdir}/runs.json", "--config.num_nodes=4")
+  listed = json.loads(first.runs_json)
+  assert listed[0] == {"workdir": runs[1].workdir,
+                       "overrides": [list(o) for o in runs[1].overrides]}
+  capped = sweep.batch_runs(config, "experiments/configs/default.py", runs, str(tmp_path), [], cap=3)
+  assert [len(b.outputs) for b in capped] == [3, 1, 3, 1] and capped[1] is runs[3]
+  assert capped[0].command[-1] == "--batch=3"
+  assert sweep.batch_size_flag("auto") == 0 and sweep.batch_size_flag("none") is None
+  with pytest.raises(ValueError, match="--batch must be auto, none or a number"):
+    sweep.batch_size_flag("0")
