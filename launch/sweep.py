@@ -5,7 +5,12 @@
         --seeds 0,1,2 --parallel 2 --config.train.rounds=100
 
 Axes come from the config file's get_sweep() (if any) and from --sweep (cartesian) / --zip (all
---zip flags zipped into one axis) / --seeds; see launch/sweep_spec.py. Every run is the command
+--zip flags zipped into one axis) / --seeds; see launch/sweep_spec.py. A field of the
+`algorithm` or `variance_correction` section that a run does not read is refused as launch.main
+refuses it, with one rule for sweeps (sweep_spec.unused_fields): a swept field must be read by
+every run it is set in; a --config.FIELD shared by all runs must be read by at least one, and is
+left out of the commands of the runs that do not read it (a shared --config.algorithm.rho over
+algorithm.name=dfedavg,dfedsam reaches dfedsam only). Every run is the command
 `python -m launch.main --config ... --workdir ROOT/NAME <--config flags> <its overrides>` in a
 subprocess of its own, so a crash in one cannot take the others down. Run again to finish a
 sweep: runs with a summary.json are skipped, unfinished ones are started again in the same
@@ -36,6 +41,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dfl import workdir_lock
+from dfl.algorithms import registry as algorithm_registry
 from dfl.config_checks import validate_config
 from dfl.errors import UserError
 from launch import cli, sweep_spec
@@ -98,6 +104,23 @@ def config_override_tokens(argv: list[str]) -> list[str]:
   return tokens
 
 
+def flag_groups(base_flags: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+  """The tokens of `config_override_tokens` grouped per flag, with the dotted field each sets:
+  [("algorithm.rho", ("--config.algorithm.rho=0.1",)), ("train.rounds", ("--config.train.rounds",
+  "2")), ...]."""
+  groups, i = [], 0
+  while i < len(base_flags):
+    token = base_flags[i]
+    field = re.sub(r"^--?(no)?config\.", "", token).split("=", 1)[0]
+    if "=" not in token and i + 1 < len(base_flags) and not base_flags[i + 1].startswith("-"):
+      groups.append((field, (token, base_flags[i + 1])))
+      i += 2
+    else:
+      groups.append((field, (token,)))
+      i += 1
+  return groups
+
+
 def load_sweep_axes(config_arg: str) -> list[sweep_spec.Axis]:
   """The axes of the config file's get_sweep() ('path.py' or 'path.py:arg'); [] if it has none."""
   module, arg = cli.load_config_module(config_arg), config_arg.partition(":")[2]
@@ -115,19 +138,32 @@ def plan_runs(config, config_arg: str, root: str, base_flags: list[str], sweep_f
   if seeds:
     cli_axes.append({"seed": sweep_spec.split_values(seeds)})
   axes = sweep_spec.merge_axes(load_sweep_axes(config_arg), cli_axes)
-  fixed = [t.split("=", 1)[0].lstrip("-").removeprefix("no").removeprefix("config.")
-           for t in base_flags if t.lstrip("-").removeprefix("no").startswith("config.")]
+  groups = flag_groups(base_flags)
+  fixed = [field for field, _ in groups]
   sweep_spec.check_axes(axes, config, fixed)
-  sweep_spec.check_runs(config, sweep_spec.expand(axes), validate_config)  # before any starts
+  expanded = sweep_spec.expand(axes)
+  # Before any run starts: every swept field read by its runs, every shared one by some run.
+  dropped = sweep_spec.unused_fields(config, expanded, fixed,
+                                     algorithm_registry.unused_override_message)
+  file_config = cli.config_from_arg(config_arg) if any(dropped) else None
+  resets = [{f: _field(file_config, f) for f in unused} for unused in dropped]
+  sweep_spec.check_runs(config, expanded, validate_config, resets)
   runs = []
-  for overrides in sweep_spec.expand(axes):
+  for overrides, unused in zip(expanded, dropped):
     workdir = run_workdir(root, overrides)
+    shared = [t for field, tokens in groups if field not in unused for t in tokens]
     command = (sys.executable, "-m", "launch.main", f"--config={config_arg}", f"--workdir={workdir}",
-               *base_flags, *(f"--config.{field}={value}" for field, value in overrides))
+               *shared, *(f"--config.{field}={value}" for field, value in overrides))
     runs.append(Run(os.path.relpath(workdir, root), workdir, command, (workdir,)))
   if len({r.workdir for r in runs}) != len(runs):
     raise ValueError("Two runs of the sweep map to one workdir; are some values repeated?")
   return runs
+
+
+def _field(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
 
 
 def run_workdir(root: str, overrides: sweep_spec.Overrides) -> str:
@@ -379,4 +415,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, check_overrides=False)  # plan_runs checks every run

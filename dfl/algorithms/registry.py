@@ -264,6 +264,9 @@ def unused_override_message(config, field: str) -> Optional[str]:
   section = field.split(".", 1)[0]
   if section not in CHECKED_SECTIONS or config.get(section) is None:
     return None
+  name = config.algorithm.name
+  if not (is_import_path(name) or name in _SPECS):
+    return None  # an unknown algorithm.name: dfl/config_checks.py says so
   if field in used_config_fields(config):
     return None
   value = _value(config, field)
