@@ -5,7 +5,8 @@ rounds and evaluation schedule) and differ in values: their hyperparameters (lr,
 ...: `batchable_values`), and everything derived from their seeds or data settings (init, data
 partition, graph, sampling keys). Those values are data with a leading S axis:
 
-* hyperparameters that differ between the runs are passed traced into the algorithm's builder
+* hyperparameters that differ between the runs (of those each algorithm declares batchable,
+  `dfl.algorithms.registry.batchable_values`) are passed traced into the algorithm's builder
   (`Experiment.make_algorithm(overrides)`, the `optax.inject_hyperparams` pattern; dfl/tracing.py
   keeps the factories general for a traced value). Fields equal in every run stay Python
   constants, so a batch of seeds compiles the arithmetic of a separate run.
@@ -26,7 +27,6 @@ partition, graph, sampling keys). Those values are data with a leading S axis:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Sequence
@@ -37,51 +37,18 @@ import numpy as np
 
 from dfl import execution as execution_lib
 from dfl.algorithms.base import RoundInputs
+from dfl.algorithms.registry import batchable_values
 from dfl.algorithms.modest import check_batchable_quorum
 from dfl.engine import make_batch_chunk_runner
 from dfl.experiment import Experiment, mixing_operator, use_sparse_mixing
 from dfl.local import NodeData
 from dfl.mixing import DenseMixing, SparseMixing
 
-# The hyperparameters a batch may vary, by section: numbers that enter the computation, never a
-# shape. None is resolved first: momentum to the algorithm's default, clip_norm to +inf (no clip).
-BATCHABLE = {"algorithm": ("lr", "lr_decay", "momentum", "weight_decay", "rho", "self_weight",
-                           "clip_norm", "success_fraction"),
-             "variance_correction": ("beta", "strength")}
-DEFAULT_MOMENTUM = {"dfedavgm": 0.9, "qgm": 0.9}  # None means 0 for every other algorithm
 # Values whose presence changes the optimizer's state (a momentum buffer, a clipping stage): a
 # batch holds runs on one side only, so that each run's state, and so its checkpoint, has the
 # structure of its separate run (which a run resumed alone restores into).
 STATE_CHANGING = {"algorithm.momentum": lambda v: v != 0.0,
                   "algorithm.clip_norm": lambda v: v != math.inf}
-
-
-# Fields that never define a batch's program: per-run data (seeds, partitions, graphs) and the
-# run's own bookkeeping. With the batchable hyperparameters they are left out of
-# `structural_key`.
-PER_RUN_DATA = ("seed", "data.seed", "data.alpha", "data.partition", "data.classes_per_node",
-                "topology.")  # every topology field: the graph is data (mixing_form excepted)
-NOT_PROGRAM = ("checkpoint.", "logging.")
-
-
-def structural_key(config) -> str:
-  """Equal for two configs when they may share one compiled program: they differ only in
-  batchable hyperparameters, per-run data and bookkeeping (a cheap, config-level grouping for
-  launch.sweep; the batch itself still compares the traced programs, `compatible_groups`)."""
-  skip = set(f"{section}.{field}" for section, fields in BATCHABLE.items() for field in fields)
-  flat = {}
-
-  def walk(node, prefix):
-    for key, value in node.items():
-      name = f"{prefix}{key}"
-      if hasattr(value, "items"):
-        walk(value, name + ".")
-      elif (name not in skip and not name.startswith(NOT_PROGRAM) and
-            not (name in PER_RUN_DATA or (name.startswith("topology.") and
-                                          name != "topology.mixing_form"))):
-        flat[name] = value
-  walk(config, "")
-  return json.dumps(flat, sort_keys=True, default=str)
 
 
 class IncompatibleRuns(ValueError):
@@ -96,24 +63,6 @@ def _tree_equal(a, b) -> bool:
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   return (jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
           and all(np.shape(x) == np.shape(y) and np.array_equal(x, y) for x, y in zip(la, lb)))
-
-
-def batchable_values(config) -> dict[str, float]:
-  """{"algorithm.lr": 0.1, ...}: the run's batchable hyperparameters, None resolved."""
-  values = {}
-  for section, fields in BATCHABLE.items():
-    part = config.get(section)
-    if part is None:
-      continue
-    for field in fields:
-      value = part.get(field)
-      if field == "momentum" and value is None:
-        value = DEFAULT_MOMENTUM.get(config.algorithm.name, 0.0)
-      elif field == "clip_norm" and value is None:
-        value = math.inf
-      if value is not None:
-        values[f"{section}.{field}"] = float(value)
-  return values
 
 
 def varying_hyperparameters(configs: Sequence) -> dict[str, np.ndarray]:

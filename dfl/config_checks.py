@@ -1,5 +1,11 @@
 """Validation of a run's config before anything expensive happens: each error names the bad
-field, its value and what would be valid."""
+field, its value and what would be valid.
+
+The checks of the `algorithm` section live with the algorithms (dfl/algorithms/common.py for
+the shared fields, each algorithm's module for its own; dfl/algorithms/registry.py runs them),
+those of `variance_correction` in dfl/variance_correction.py; this file keeps the other
+sections and the checks that span sections (an algorithm with a topology, a schedule, variance
+correction, an aggregation rule or an attack)."""
 from __future__ import annotations
 
 import math
@@ -8,17 +14,14 @@ import topologies
 from dfl import execution, variance_correction
 from dfl.adversary import nodes as adversary_nodes
 from dfl.aggregation import rules as aggregation_rules
-from dfl.aggregation.compressors import COMPRESSORS
-from dfl.algorithms import (ALGORITHMS, CHOCO_FIELDS, COLUMN_STOCHASTIC, NO_VARIANCE_CORRECTION,
-                            STATIC_TOPOLOGY_ONLY, USES_GOSSIP_STEPS, USES_KEEP_OPTIMIZER_STATE,
-                            USES_MIXER, USES_TOPOLOGY)
+from dfl.algorithms import (ALGORITHMS, COLUMN_STOCHASTIC, NO_VARIANCE_CORRECTION,
+                            STATIC_TOPOLOGY_ONLY, USES_MIXER, USES_TOPOLOGY)
+from dfl.algorithms import registry as algorithm_registry
 from dfl.data import DATASETS, IMAGE_DATASETS, SYNTHETIC_DATASETS
 from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
 from dfl.imports import is_import_path
-from dfl.local import MAX_EPOCHS
 from dfl.data.partition import PARTITIONS
-from dfl.membership import parse_schedule
 from dfl.layers import CONV_IMPLS
 from dfl.models import MODELS, REGRESSION_MODELS
 
@@ -83,68 +86,12 @@ def validate_config(config) -> None:
   a = config.algorithm
   _registered_or_path("algorithm.name", a.name, ALGORITHMS)
   _validate_schedule(config.topology, a.name, config.get("variance_correction"))
-  _require(a.lr > 0, f"algorithm.lr must be > 0, got {a.lr}.")
-  _require(0 < a.lr_decay <= 1, f"algorithm.lr_decay must be in (0, 1], got {a.lr_decay}.")
-  _require(a.local_steps is None or (isinstance(a.local_steps, int) and a.local_steps >= 1),
-           f"algorithm.local_steps must be an integer >= 1 or None (the algorithm's default: "
-           f"5, dpsgd 1), got {a.local_steps!r}.")
-  _require(a.local_epochs or a.local_steps is None or a.local_steps <= MAX_EPOCHS,
-           f"algorithm.local_steps={a.local_steps} may read more than {MAX_EPOCHS} epochs of a "
-           f"small shard in one round, more than the batch stream supports (dfl/local.py); "
-           f"use at most {MAX_EPOCHS}, or algorithm.local_epochs.")
-  _require(isinstance(a.batch_size, int) and a.batch_size >= 0,
-           f"algorithm.batch_size must be an integer >= 1, or 0 for full batches (the node's "
-           f"whole shard every step), got {a.batch_size!r}.")
-  _require(a.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {a.weight_decay}.")
-  clip_norm = a.get("clip_norm")
-  _require(clip_norm is None or clip_norm > 0,
-           f"algorithm.clip_norm must be > 0 or None (no clipping), got {clip_norm}.")
-  keep = a.get("keep_optimizer_state", False)
-  _require(isinstance(keep, bool), f"algorithm.keep_optimizer_state must be True or False, got "
-           f"{keep!r}.")
-  _require(not keep or a.name in USES_KEEP_OPTIMIZER_STATE,
-           f"algorithm.keep_optimizer_state=True is only used by "
-           f"{sorted(USES_KEEP_OPTIMIZER_STATE)}, not algorithm.name={a.name!r} (dpsgd and "
-           f"gossip always keep it; fedavg, fedsam and modest restart it); leave it False.")
-  _require(0 < a.client_fraction <= 1,
-           f"algorithm.client_fraction must be in (0, 1], got {a.client_fraction}.")
-  _require(a.rho >= 0, f"algorithm.rho (SAM radius) must be >= 0, got {a.rho}.")
-  _require(isinstance(a.local_epochs, int) and 0 <= a.local_epochs <= MAX_EPOCHS,
-           f"algorithm.local_epochs must be an integer in [0, {MAX_EPOCHS}] (0 = use "
-           f"local_steps), got {a.local_epochs!r}.")
-  if a.gossip_steps is not None:
-    _require(a.gossip_steps >= 1, f"algorithm.gossip_steps must be >= 1, got {a.gossip_steps}.")
-    _require(a.gossip_steps == 1 or a.name in USES_GOSSIP_STEPS,
-             f"algorithm.gossip_steps={a.gossip_steps} is only used by "
-             f"{sorted(USES_GOSSIP_STEPS)}, not algorithm.name={a.name!r}; leave it unset.")
-  if a.name == "modest":
-    s = min(10, config.num_nodes) if a.sample_size is None else a.sample_size
-    _require(1 <= s <= config.num_nodes, f"algorithm.sample_size must be in "
-             f"[1, num_nodes={config.num_nodes}], got {s}.")
-    _require(1 <= a.aggregators <= s, f"algorithm.aggregators must be in "
-             f"[1, sample_size={s}], got {a.aggregators}.")
-    _require(0 < a.success_fraction <= 1,
-             f"algorithm.success_fraction must be in (0, 1], got {a.success_fraction}.")
-    _require(isinstance(a.min_models, int) and a.min_models >= 1,
-             f"algorithm.min_models must be an integer >= 1, got {a.min_models!r}.")
-    _require(isinstance(a.inactivity_rounds, int) and a.inactivity_rounds >= 0,
-             f"algorithm.inactivity_rounds must be an integer >= 0 (0: never drop a failed "
-             f"node), got {a.inactivity_rounds!r}.")
-  else:
-    for field, default in (("min_models", 3), ("inactivity_rounds", 50)):
-      _require(a[field] == default,
-               f"algorithm.{field}={a[field]} is only used by algorithm.name='modest', not "
-               f"{a.name!r}; leave it at {default}.")
-  _validate_choco(a)
+  algorithm_registry.check_section(a, config.num_nodes)  # dfl/algorithms/<name>.py
   _require(config.topology.weights not in topologies.COLUMN_STOCHASTIC_WEIGHTS
            or a.name in COLUMN_STOCHASTIC,
            f"topology.weights={config.topology.weights!r} gives column-stochastic weights, which "
            f"only {sorted(COLUMN_STOCHASTIC)} mixes with; algorithm.name={a.name!r} needs rows "
            "summing to 1: use metropolis_hastings, uniform or max_degree.")
-  parse_schedule(a.membership)  # raises on a malformed schedule
-  _require(not a.membership or a.name == "modest",
-           f"algorithm.membership={a.membership!r} is only simulated by algorithm.name='modest', "
-           f"not {a.name!r}; leave it empty.")
   try:
     execution.validate_strategy(config.train.execution)
   except ValueError as e:
@@ -152,14 +99,6 @@ def validate_config(config) -> None:
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")
-  _one_of("algorithm.aggregation_weights", a.aggregation_weights, ("uniform", "num_samples"))
-  _require(a.aggregation_weights == "uniform" or a.name in USES_AGGREGATION_WEIGHTS,
-           f"algorithm.aggregation_weights={a.aggregation_weights!r} is only used by "
-           f"{sorted(USES_AGGREGATION_WEIGHTS)}, not algorithm.name={a.name!r}; leave it "
-           "'uniform'.")
-  if a.name == "gossip":
-    _require(0 <= a.self_weight < 1,
-             f"algorithm.self_weight must be in [0, 1) for gossip, got {a.self_weight}.")
   _validate_variance_correction(config.get("variance_correction"), a.name)
   _validate_adversary(config)
   _require(isinstance(config.mesh.devices, int) and config.mesh.devices >= 0,
@@ -171,35 +110,6 @@ def validate_config(config) -> None:
            f"SIGTERM/SIGINT), got {ck.every_rounds!r}.")
   _require(isinstance(ck.max_to_keep, int) and ck.max_to_keep >= 1,
            f"checkpoint.max_to_keep must be an integer >= 1, got {ck.max_to_keep!r}.")
-
-
-def _validate_choco(a) -> None:
-  """CHOCO's fields: checked for choco, left at their defaults by every other algorithm."""
-  if a.name != "choco":
-    for field, default in CHOCO_FIELDS.items():
-      _require(a.get(field, default) == default,
-               f"algorithm.{field}={a.get(field)!r} is only used by algorithm.name='choco', not "
-               f"{a.name!r}; leave it at {default!r}.")
-    return
-  _one_of("algorithm.compressor", a.compressor, COMPRESSORS)
-  _require(0 < a.compression_ratio <= 1,
-           f"algorithm.compression_ratio must be in (0, 1] (the fraction of entries kept), got "
-           f"{a.compression_ratio}.")
-  _require(a.compressor in ("top_k", "random_k")
-           or a.compression_ratio == CHOCO_FIELDS["compression_ratio"],
-           f"algorithm.compression_ratio={a.compression_ratio} is only used by the compressors "
-           f"top_k and random_k, not algorithm.compressor={a.compressor!r}; leave it at "
-           f"{CHOCO_FIELDS['compression_ratio']}.")
-  _require(isinstance(a.quantization_levels, int) and a.quantization_levels >= 1,
-           f"algorithm.quantization_levels must be an integer >= 1 (QSGD's s), got "
-           f"{a.quantization_levels!r}.")
-  _require(a.compressor == "qsgd"
-           or a.quantization_levels == CHOCO_FIELDS["quantization_levels"],
-           f"algorithm.quantization_levels={a.quantization_levels} is only used by "
-           f"algorithm.compressor='qsgd', not {a.compressor!r}; leave it at "
-           f"{CHOCO_FIELDS['quantization_levels']}.")
-  _require(0 < a.consensus_step <= 1,
-           f"algorithm.consensus_step (CHOCO's gamma) must be in (0, 1], got {a.consensus_step}.")
 
 
 def _validate_problem(config) -> None:
@@ -228,10 +138,6 @@ def _validate_problem(config) -> None:
              "data.name='least_squares' does not have; leave it False.")
   l2 = model.get("l2", 0.0)
   _require(isinstance(l2, (int, float)) and l2 >= 0, f"model.l2 must be >= 0, got {l2!r}.")
-
-
-# Algorithms whose aggregation can weight models by their sample counts.
-USES_AGGREGATION_WEIGHTS = {"fedavg", "gossip"}
 
 
 def _validate_schedule(topology, algorithm_name: str, vc) -> None:
@@ -295,17 +201,4 @@ def _validate_variance_correction(vc, algorithm_name: str) -> None:
            f"variance_correction.enabled=True needs a gossip algorithm that mixes models, but "
            f"algorithm.name={algorithm_name!r}; valid: {sorted(USES_MIXER)} or one named by "
            "import path.")
-  _one_of("variance_correction.target", vc.target, variance_correction.TARGETS)
-  _one_of("variance_correction.estimator", vc.estimator, variance_correction.ESTIMATORS)
-  _one_of("variance_correction.tensors", vc.tensors, variance_correction.TENSORS)
-  _one_of("variance_correction.eps_mode", vc.eps_mode, variance_correction.EPS_MODES)
-  _one_of("variance_correction.norm_layers", vc.norm_layers, variance_correction.NORM_LAYERS)
-  _one_of("variance_correction.received_weights", vc.received_weights,
-          variance_correction.RECEIVED_WEIGHTS)
-  _require(0 <= vc.beta <= 1, f"variance_correction.beta must be in [0, 1], got {vc.beta}.")
-  _require(vc.strength >= 0,
-           f"variance_correction.strength must be >= 0 (0: none, 1: full), got {vc.strength}.")
-  _require(vc.eps >= 0, f"variance_correction.eps must be >= 0, got {vc.eps}.")
-  _require(vc.eps_mode != "additive" or vc.eps > 0,
-           f"variance_correction.eps must be > 0 with eps_mode='additive' (0/0 on a "
-           f"zero-variance tensor), got {vc.eps}.")
+  variance_correction.check_section(vc)

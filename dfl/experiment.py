@@ -35,6 +35,7 @@ from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
 from dfl.models import REGRESSION_MODELS, make_loss, make_model
 from dfl.optimum import global_optimum
 from dfl.sharding import NodePlacement, make_placement
+from dfl.tracing import SectionOverlay
 from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
@@ -162,29 +163,11 @@ def _kwargs(section) -> dict:
   return {} if kwargs is None else dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
 
 
-class _Overlay:
-  """A read-only view of a config section with some fields replaced (`with_overrides`)."""
-
-  def __init__(self, section, values: dict):
-    self._section, self._values = section, values
-
-  def __getattr__(self, field):
-    if field in self._values:
-      return self._values[field]
-    return getattr(self._section, field)
-
-  def get(self, field, default=None):
-    return self._values[field] if field in self._values else self._section.get(field, default)
-
-  def __contains__(self, field):
-    return field in self._values or field in self._section
-
-
 def with_overrides(section, prefix: str, overrides: dict):
   """`section` with the fields `overrides` names as "prefix.field" replaced (values may be
   traced); the section itself when none applies (or when it is None)."""
   mine = {k[len(prefix) + 1:]: v for k, v in overrides.items() if k.startswith(prefix + ".")}
-  return section if section is None or not mine else _Overlay(section, mine)
+  return section if section is None or not mine else SectionOverlay(section, mine)
 
 
 def check_augment(augment: str, dataset: Dataset) -> None:

@@ -21,3 +21,28 @@ def is_traced(value) -> bool:
 def concrete(value) -> bool:
   """True when `value` can be checked on the host (not traced)."""
   return not is_traced(value)
+
+
+class SectionOverlay:
+  """A read-only view of a config section with some fields replaced, e.g. by traced values
+  (`dfl.experiment.with_overrides`); `replaced` holds them."""
+
+  def __init__(self, section, replaced: dict):
+    self._section, self.replaced = section, replaced
+
+  def __getattr__(self, field):
+    if field in self.replaced:
+      return self.replaced[field]
+    return getattr(self._section, field)
+
+  def get(self, field, default=None):
+    return self.replaced[field] if field in self.replaced else self._section.get(field, default)
+
+  def __contains__(self, field):
+    return field in self.replaced or field in self._section
+
+
+def has_traced(section) -> bool:
+  """True for a section some of whose fields are traced: its checks ran on the run's concrete
+  values already, and cannot run on tracers."""
+  return isinstance(section, SectionOverlay) and any(map(is_traced, section.replaced.values()))

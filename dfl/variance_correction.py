@@ -59,6 +59,11 @@ Deviations from DFL_torch that remain:
 
 Everything is vectorised: per-node per-tensor variances form one [N, L] matrix, mixed with the
 neighbour weights in one product; the Python loop over the pytree's leaves runs at trace time.
+
+Config: the `variance_correction` section's fields are declared in HYPERPARAMETERS (as an
+algorithm's are, dfl/algorithms/registry.py): `beta` and `strength` are batchable; a disabled
+section uses only `enabled`, and `beta` is used only by target='conservative', so setting
+another field on the command line is refused (`used_fields`, `unused_message`).
 """
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ from typing import Any, Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from dfl.hyperparameters import Hyperparameter, require
 from dfl.mixing import DenseMixing, Mixing, SparseMixing, mix
 from dfl.tracing import concrete, is_traced
 
@@ -273,3 +279,78 @@ def layer_variances(params: PyTree, estimator: str = "population") -> dict[str, 
   """{'Dense_0/kernel': [N] per-node variance, ...} for every leaf: the vanishing-variance probe."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(params)
   return {"/".join(_path_names(path)): tensor_variance(x, estimator) for path, x in leaves}
+
+
+# ------------------------------------------------------------------ the config section
+
+def _one_of(field: str, valid):
+  def check(vc) -> None:
+    value = vc.get(field)
+    require(value in valid, f"Unknown variance_correction.{field}={value!r}; valid: "
+            f"{sorted(valid)}.")
+  return check
+
+
+def _check_eps(vc) -> None:
+  require(vc.eps >= 0, f"variance_correction.eps must be >= 0, got {vc.eps}.")
+  require(vc.get("eps_mode", "threshold") != "additive" or vc.eps > 0,
+          f"variance_correction.eps must be > 0 with eps_mode='additive' (0/0 on a "
+          f"zero-variance tensor), got {vc.eps}.")
+
+
+# In the order they are checked (eps after eps_mode: its check reads the mode).
+HYPERPARAMETERS = (
+    Hyperparameter("enabled", False, doc="correct the variance after every gossip step"),
+    Hyperparameter("target", "follow_others", check=_one_of("target", TARGETS),
+                   doc="follow_others | follow_self | conservative"),
+    Hyperparameter("estimator", "population", check=_one_of("estimator", ESTIMATORS),
+                   doc="population (/n) | unbiased (/(n-1))"),
+    Hyperparameter("tensors", "all", check=_one_of("tensors", TENSORS),
+                   doc="all (weights + biases) | kernels (>= 2-dim leaves)"),
+    Hyperparameter("eps_mode", "threshold", check=_one_of("eps_mode", EPS_MODES),
+                   doc="threshold (exact ratio) | additive (DFL_torch)"),
+    Hyperparameter("norm_layers", "skip", check=_one_of("norm_layers", NORM_LAYERS),
+                   doc="skip (every *norm* leaf) | correct (all but running statistics)"),
+    Hyperparameter("received_weights", "mixing",
+                   check=_one_of("received_weights", RECEIVED_WEIGHTS),
+                   doc="mixing (W-weighted) | uniform (plain mean)"),
+    Hyperparameter("beta", 0.5, batchable=True, doc="conservative: weight of the own variance",
+                   check=lambda vc: require(0 <= vc.beta <= 1, f"variance_correction.beta must "
+                                            f"be in [0, 1], got {vc.beta}.")),
+    Hyperparameter("strength", 1.0, batchable=True, doc="r: 0 = plain gossip, 1 = full",
+                   check=lambda vc: require(vc.strength >= 0, f"variance_correction.strength "
+                                            f"must be >= 0 (0: none, 1: full), got "
+                                            f"{vc.strength}.")),
+    Hyperparameter("eps", DEFAULT_EPS, check=_check_eps,
+                   doc="threshold: variance <= eps stays; additive: in the sqrt"),
+)
+
+
+def check_section(section) -> None:
+  """The section's own checks (when enabled); those that involve the algorithm live in
+  dfl/config_checks.py."""
+  if section is None or not section.enabled:
+    return
+  for h in HYPERPARAMETERS:
+    if h.check is not None:
+      h.check(section)
+
+
+def used_fields(section) -> frozenset[str]:
+  """The fields of the section a run reads: `enabled` alone when disabled; `beta` only with
+  target='conservative'."""
+  if section is None or not section.get("enabled", False):
+    return frozenset({"enabled"})
+  fields = {h.name for h in HYPERPARAMETERS}
+  if section.get("target") != "conservative":
+    fields.discard("beta")
+  return frozenset(fields)
+
+
+def unused_message(section, field: str, value) -> str:
+  """Why the explicitly set `field` ("variance_correction.beta") of `section` is refused."""
+  if not section.get("enabled", False):
+    return (f"{field}={value!r} is not used with variance_correction.enabled=False; set "
+            "--config.variance_correction.enabled=True, or leave it out.")
+  return (f"{field}={value!r} is only used by variance_correction.target='conservative', not "
+          f"{section.target!r}; leave it out.")

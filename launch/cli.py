@@ -2,7 +2,10 @@
 
 A user error (a `dfl.errors.UserError`, a flag absl cannot parse, a misspelt config field, a
 workdir that cannot be written) prints one line, `error: <message>`, on stderr and exits with
-status 2; a `dfl.errors.RunFailure` (full disk, unreadable checkpoints, divergence) prints its
+status 2. So does a field of the `algorithm` (or `variance_correction`) section set with
+--config.FIELD that the chosen algorithm does not read (`gossip` with `local_epochs`; see
+dfl/algorithms/registry.py); launch.sweep applies its own rule for the fields a sweep shares
+(launch/sweep.py). A `dfl.errors.RunFailure` (full disk, unreadable checkpoints, divergence) prints its
 message the same way and exits with status 3. `--debug` (or the environment variable
 DFL_DEBUG=1) shows the full traceback instead. Any other exception is a bug and keeps its
 traceback (exit status 1).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ast
 import difflib
 import errno
+import functools
 import importlib.util
 import logging
 import os
@@ -142,8 +146,22 @@ def _apply_kwargs_overrides(overrides) -> None:
       config[section].kwargs[key] = value
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with its errors (and a misspelt --config.FIELD) as one line each."""
+def refuse_unused_overrides(argv: list[str]) -> None:
+  """One line and exit 2 if a --config.FIELD of argv sets a field the config's run does not
+  read (only explicit overrides count: a config file may set fields for several algorithms)."""
+  config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  if config is None or not hasattr(config, "algorithm"):
+    return
+  from dfl.algorithms import registry  # here: launch.report needs no JAX
+  try:
+    registry.check_overrides(config, _override_fields(argv))
+  except UserError as e:
+    fail(str(e))
+
+
+def parse_flags(argv: list[str], check_overrides: bool = True) -> list[str]:
+  """absl's flag parsing, with its errors (and a misspelt --config.FIELD) as one line each;
+  `check_overrides`: also refuse a --config.FIELD the run does not use."""
   try:
     argv, kwargs_overrides = split_kwargs_overrides(argv)
     original = list(sys.argv)
@@ -153,6 +171,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     finally:
       sys.argv[:] = original  # launch.sweep hands every override on to its runs
     _apply_kwargs_overrides(kwargs_overrides)
+    if check_overrides:
+      refuse_unused_overrides(argv)
     return rest
   except flags.Error as e:
     fail(str(e))
@@ -169,8 +189,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"a --config override could not be applied ({type(e).__name__}: {e}).")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """app.run(main) with one-line user errors (see the module docstring)."""
+def run(main: Callable[[list[str]], None], check_overrides: bool = True) -> None:
+  """app.run(main) with one-line user errors (see the module docstring); `check_overrides`:
+  refuse --config.FIELD flags that the config's run does not use (launch.sweep: False, it
+  checks each run of the sweep itself)."""
 
   def guarded_main(argv):
     try:
@@ -192,4 +214,5 @@ def run(main: Callable[[list[str]], None]) -> None:
 
   # jax logs at INFO that it found no TPU on every start: noise for a user.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  app.run(guarded_main, flags_parser=parse_flags)
+  app.run(guarded_main,
+          flags_parser=functools.partial(parse_flags, check_overrides=check_overrides))

@@ -5,7 +5,12 @@
         --seeds 0,1,2 --parallel 2 --config.train.rounds=100
 
 Axes come from the config file's get_sweep() (if any) and from --sweep (cartesian) / --zip (all
---zip flags zipped into one axis) / --seeds; see launch/sweep_spec.py. Every run is the command
+--zip flags zipped into one axis) / --seeds; see launch/sweep_spec.py. A field of the
+`algorithm` or `variance_correction` section that a run does not read is refused as launch.main
+refuses it, with one rule for sweeps (sweep_spec.unused_fields): a swept field must be read by
+every run it is set in; a --config.FIELD shared by all runs must be read by at least one, and is
+left out of the commands of the runs that do not read it (a shared --config.algorithm.rho over
+algorithm.name=dfedavg,dfedsam reaches dfedsam only). Every run is the command
 `python -m launch.main --config ... --workdir ROOT/NAME <--config flags> <its overrides>` in a
 subprocess of its own, so a crash in one cannot take the others down. Run again to finish a
 sweep: runs with a summary.json are skipped, unfinished ones are started again in the same
@@ -36,6 +41,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dfl import workdir_lock
+from dfl.algorithms import registry as algorithm_registry
 from dfl.config_checks import validate_config
 from dfl.errors import UserError
 from launch import cli, sweep_spec
@@ -74,6 +80,7 @@ class Run:
   command: tuple[str, ...]
   outputs: tuple[str, ...]  # the run workdirs; finished when each has a summary.json
   overrides: tuple = ()  # a single run: its (field, value) overrides of the base config
+  flags: tuple = ()  # a single run: the sweep's shared --config flags that it reads
   runs_json: str = ""  # a batch: the runs.json its command reads (written before it starts)
 
 
@@ -102,6 +109,23 @@ def config_override_tokens(argv: list[str]) -> list[str]:
   return tokens
 
 
+def flag_groups(base_flags: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+  """The tokens of `config_override_tokens` grouped per flag, with the dotted field each sets:
+  [("algorithm.rho", ("--config.algorithm.rho=0.1",)), ("train.rounds", ("--config.train.rounds",
+  "2")), ...]."""
+  groups, i = [], 0
+  while i < len(base_flags):
+    token = base_flags[i]
+    field = re.sub(r"^--?(no)?config\.", "", token).split("=", 1)[0]
+    if "=" not in token and i + 1 < len(base_flags) and not base_flags[i + 1].startswith("-"):
+      groups.append((field, (token, base_flags[i + 1])))
+      i += 2
+    else:
+      groups.append((field, (token,)))
+      i += 1
+  return groups
+
+
 def load_sweep_axes(config_arg: str) -> list[sweep_spec.Axis]:
   """The axes of the config file's get_sweep() ('path.py' or 'path.py:arg'); [] if it has none."""
   module, arg = cli.load_config_module(config_arg), config_arg.partition(":")[2]
@@ -119,19 +143,33 @@ def plan_runs(config, config_arg: str, root: str, base_flags: list[str], sweep_f
   if seeds:
     cli_axes.append({"seed": sweep_spec.split_values(seeds)})
   axes = sweep_spec.merge_axes(load_sweep_axes(config_arg), cli_axes)
-  fixed = [t.split("=", 1)[0].lstrip("-").removeprefix("no").removeprefix("config.")
-           for t in base_flags if t.lstrip("-").removeprefix("no").startswith("config.")]
+  groups = flag_groups(base_flags)
+  fixed = [field for field, _ in groups]
   sweep_spec.check_axes(axes, config, fixed)
-  sweep_spec.check_runs(config, sweep_spec.expand(axes), validate_config)  # before any starts
+  expanded = sweep_spec.expand(axes)
+  # Before any run starts: every swept field read by its runs, every shared one by some run.
+  dropped = sweep_spec.unused_fields(config, expanded, fixed,
+                                     algorithm_registry.unused_override_message)
+  file_config = cli.config_from_arg(config_arg) if any(dropped) else None
+  resets = [{f: _field(file_config, f) for f in unused} for unused in dropped]
+  sweep_spec.check_runs(config, expanded, validate_config, resets)
   runs = []
-  for overrides in sweep_spec.expand(axes):
+  for overrides, unused in zip(expanded, dropped):
     workdir = run_workdir(root, overrides)
+    shared = [t for field, tokens in groups if field not in unused for t in tokens]
     command = (sys.executable, "-m", "launch.main", f"--config={config_arg}", f"--workdir={workdir}",
-               *base_flags, *(f"--config.{field}={value}" for field, value in overrides))
-    runs.append(Run(os.path.relpath(workdir, root), workdir, command, (workdir,), overrides))
+               *shared, *(f"--config.{field}={value}" for field, value in overrides))
+    runs.append(Run(os.path.relpath(workdir, root), workdir, command, (workdir,), overrides,
+                    tuple(shared)))
   if len({r.workdir for r in runs}) != len(runs):
     raise ValueError("Two runs of the sweep map to one workdir; are some values repeated?")
   return runs
+
+
+def _field(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
 
 
 def run_workdir(root: str, overrides: sweep_spec.Overrides) -> str:
@@ -160,16 +198,15 @@ def batch_size_flag(text: str) -> int | None:
   return k
 
 
-def batch_runs(config, config_arg: str, runs: list[Run], root: str, base_flags: list[str],
-               cap: int) -> list[Run]:
+def batch_runs(config, config_arg: str, runs: list[Run], root: str, cap: int) -> list[Run]:
   """The runs as batches: those whose configs differ only in batchable values
-  (dfl.batching.structural_key) form one `launch.main --runs` process, at most `cap` runs each
+  (dfl.algorithms.registry.structural_key) form one `launch.main --runs` process, at most `cap` runs each
   (0: no cap here; the process sizes its batches to the memory). A batch of one stays a plain
   run. A batch is named after its first run, so a re-run of the sweep finds the same folder."""
-  from dfl.batching import structural_key
   groups: dict[str, list[Run]] = {}
   for run in runs:
-    key = structural_key(sweep_spec.with_overrides(config, run.overrides))
+    key = (algorithm_registry.structural_key(sweep_spec.with_overrides(config, run.overrides)),
+           run.flags)
     groups.setdefault(key, []).append(run)
   batched = []
   for members in groups.values():
@@ -182,7 +219,7 @@ def batch_runs(config, config_arg: str, runs: list[Run], root: str, base_flags: 
       folder = os.path.join(root, BATCH_DIR, part[0].name.replace(os.sep, "__"))
       listed = [{"workdir": r.workdir, "overrides": [list(o) for o in r.overrides]} for r in part]
       command = (sys.executable, "-m", "launch.main", f"--config={config_arg}",
-                 f"--runs={os.path.join(folder, 'runs.json')}", *base_flags,
+                 f"--runs={os.path.join(folder, 'runs.json')}", *part[0].flags,
                  *((f"--batch={cap}",) if cap else ()))
       batched.append(Run(f"{part[0].name} +{len(part) - 1} runs", folder, command,
                          tuple(r.workdir for r in part), runs_json=json.dumps(listed, indent=1)))
@@ -385,7 +422,7 @@ def main(argv):
     pending = [r for r in runs if not is_finished(r)]
     cap = batch_size_flag(_BATCH.value)
     if cap is not None:
-      pending = batch_runs(_CONFIG.value, config_arg, pending, root, base_flags, cap)
+      pending = batch_runs(_CONFIG.value, config_arg, pending, root, cap)
   except ValueError as e:  # a bad sweep: say what is wrong, no traceback
     raise UserError(f"launch.sweep: {e}") from None
   cache = os.path.join(root, CACHE_DIR) if _SHARE_CACHE.value else None
@@ -427,4 +464,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, check_overrides=False)  # plan_runs checks every run

@@ -160,14 +160,28 @@ def with_overrides(config: config_dict.ConfigDict, overrides: Overrides) -> conf
   return config
 
 
+def with_values(config: config_dict.ConfigDict, values: dict[str, Any]) -> config_dict.ConfigDict:
+  """`config` (changed in place) with the dotted fields of `values` set to those values."""
+  with config.unlocked():
+    for field, value in values.items():
+      *path, leaf = field.split(".")
+      node = config
+      for part in path:
+        node = node[part]
+      node[leaf] = value
+  return config
+
+
 def check_runs(config: config_dict.ConfigDict, runs: Sequence[Overrides],
-               validate: Callable[[config_dict.ConfigDict], None]) -> None:
+               validate: Callable[[config_dict.ConfigDict], None],
+               resets: Sequence[dict[str, Any]] | None = None) -> None:
   """Validates every run's config before any run starts; raises one error listing each bad
-  value with the runs it appears in."""
+  value with the runs it appears in. `resets[i]`: fields run i gets at these values instead
+  (the shared flags left out of its command, back at the config file's values)."""
   problems: dict[str, list[str]] = {}
-  for overrides in runs:
+  for i, overrides in enumerate(runs):
     try:
-      validate(with_overrides(config, overrides))
+      validate(with_values(with_overrides(config, overrides), resets[i] if resets else {}))
     except ValueError as e:
       problems.setdefault(str(e), []).append(run_name(overrides))
   if problems:
@@ -175,6 +189,47 @@ def check_runs(config: config_dict.ConfigDict, runs: Sequence[Overrides],
              for message, names in problems.items()]
     raise ValueError(f"{len(problems)} problem(s) in the sweep's values, nothing was started:\n  "
                      + "\n  ".join(lines))
+
+
+def unused_fields(config: config_dict.ConfigDict, runs: Sequence[Overrides], fixed: Iterable[str],
+                  unused_message: Callable[[config_dict.ConfigDict, str], str | None]
+                  ) -> list[frozenset[str]]:
+  """The rule for fields a run does not read (`unused_message(run_config, field)` says why, or
+  None when the run reads it), applied to a whole sweep before any run starts:
+
+  * a swept field must be read by every run it is set in (an axis over algorithm.rho crossed
+    with algorithm.name=dfedavg,dfedsam would run dfedavg twice alike: zip the two instead);
+  * a field set for every run (`fixed`: --config.FIELD, already applied to `config`) must be
+    read by at least one run; the runs that do not read it do not get it (a shared
+    --config.algorithm.rho over algorithm.name=dfedavg,dfedsam reaches dfedsam only).
+
+  Returns, per run, the fixed fields to leave out of its command; raises one ValueError listing
+  every problem with the runs it appears in.
+  """
+  fixed = list(dict.fromkeys(fixed))
+  swept: dict[str, list[tuple[str, str]]] = {}  # field -> (run name, message) of each bad run
+  dropped, first_reason = [], {}
+  for overrides in runs:
+    run_config = with_overrides(config, overrides)
+    for field, _ in overrides:
+      message = unused_message(run_config, field)
+      if message:
+        swept.setdefault(field, []).append((run_name(overrides), message))
+    unused = set()
+    for field in fixed:
+      message = unused_message(run_config, field)
+      if message:
+        unused.add(field)
+        first_reason.setdefault(field, message)
+    dropped.append(frozenset(unused))
+  lines = [f"{bad[0][1]} (swept, in {len(bad)} run(s), e.g. {bad[0][0]})"
+           for field, bad in swept.items()]
+  lines += [f"{first_reason[field]} (--config.{field} is set for every run, and none reads it)"
+            for field in fixed if runs and all(field in d for d in dropped)]
+  if lines:
+    raise ValueError(f"{len(lines)} field(s) set but not used, nothing was started:\n  "
+                     + "\n  ".join(lines))
+  return dropped
 
 
 def expand(axes: list[Axis]) -> list[Overrides]:

@@ -84,13 +84,13 @@ def merge_flag(round_index: jax.Array, merge_rounds: Sequence[int]) -> jax.Array
   return jnp.any(round_index == jnp.asarray(merge_R, jnp.int32))
 
 
-def refuse_unsupported(a, ctx, *, one_step: bool, momentum: bool = False) -> None:
-  """Builder checks shared by the gradient methods that run their own update (gradient tracking,
-  exact diffusion, QGM) instead of the local optax chain: a field they would ignore is an error.
+def refuse_unsupported(a, *, one_step: bool, momentum: bool = False) -> None:
+  """Checks shared by the gradient methods that run their own update (gradient tracking, exact
+  diffusion, QGM) instead of the local optax chain: a field they would ignore is an error, with
+  what to do instead (their registry `check`, run before the builder and by config checks).
 
   Args:
     a: the `algorithm` config section.
-    ctx: the BuildContext (its mixer must be plain gossip).
     one_step: the method takes one gradient per round (local_steps must be 1 or None).
     momentum: the method reads algorithm.momentum itself.
   """
@@ -107,6 +107,10 @@ def refuse_unsupported(a, ctx, *, one_step: bool, momentum: bool = False) -> Non
   if a.get("clip_norm") is not None:
     raise ValueError(f"algorithm.name={name!r} does not clip gradients, but algorithm.clip_norm="
                      f"{a.clip_norm}; leave it unset.")
+
+
+def refuse_mixer(name: str, ctx) -> None:
+  """The exact methods mix with the plain W: no `BuildContext.mixer` (variance correction)."""
   if ctx.mixer is not None:
     raise ValueError(f"variance_correction.enabled=True rescales the models after gossip, which "
                      f"breaks the exact corrections of algorithm.name={name!r}; disable it.")

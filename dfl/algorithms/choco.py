@@ -40,8 +40,11 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from dfl.aggregation.compressors import Compressor, compress_tree, tree_message_bytes
+from dfl.aggregation.compressors import (COMPRESSORS, Compressor, compress_tree,
+                                         make_compressor, tree_message_bytes)
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
+from dfl.hyperparameters import Hyperparameter, require
 from dfl.algorithms.local_then_gossip import run_local_phase
 from dfl.execution import node_map
 from dfl.local import AugmentFn, make_local_sgd, make_optimizer
@@ -107,3 +110,59 @@ def choco(loss_fn: Callable, compressor: Compressor, *, lr: float, batch_size: i
     return ChocoState(params, x_hat, opt_state), metrics
 
   return Algorithm(init, round_fn)
+
+
+def _only_choco(field: str, default):
+  """Refuses a CHOCO field set for another algorithm."""
+  def if_unused(a, name, users):
+    if a.get(field, default) == default:
+      return None
+    return (f"algorithm.{field}={a.get(field)!r} is only used by algorithm.name='choco', not "
+            f"{name!r}; leave it at {default!r}.")
+  return if_unused
+
+
+def _choco_field(name: str, default, doc: str) -> Hyperparameter:
+  return Hyperparameter(name, default, doc=doc, if_unused=_only_choco(name, default))
+
+
+COMPRESSOR = _choco_field("compressor", "identity",
+                          "Q: identity | top_k | random_k | qsgd | sign, per parameter tensor")
+COMPRESSION_RATIO = _choco_field("compression_ratio", 0.1,
+                                 "top_k / random_k: the fraction of entries kept")
+QUANTIZATION_LEVELS = _choco_field("quantization_levels", 16, "qsgd: s, the levels per sign")
+CONSENSUS_STEP = _choco_field("consensus_step", PAPER_CONSENSUS_STEP,
+                              "gamma, x += gamma * sum_j w_ij (x_hat_j - x_hat_i)")
+
+
+def _check(a, num_nodes: int) -> None:
+  require(a.compressor in COMPRESSORS,
+          f"Unknown algorithm.compressor={a.compressor!r}; valid: {sorted(COMPRESSORS)}.")
+  require(0 < a.compression_ratio <= 1,
+          f"algorithm.compression_ratio must be in (0, 1] (the fraction of entries kept), got "
+          f"{a.compression_ratio}.")
+  require(a.compressor in ("top_k", "random_k")
+          or a.compression_ratio == COMPRESSION_RATIO.default,
+          f"algorithm.compression_ratio={a.compression_ratio} is only used by the compressors "
+          f"top_k and random_k, not algorithm.compressor={a.compressor!r}; leave it at "
+          f"{COMPRESSION_RATIO.default}.")
+  require(isinstance(a.quantization_levels, int) and a.quantization_levels >= 1,
+          f"algorithm.quantization_levels must be an integer >= 1 (QSGD's s), got "
+          f"{a.quantization_levels!r}.")
+  require(a.compressor == "qsgd" or a.quantization_levels == QUANTIZATION_LEVELS.default,
+          f"algorithm.quantization_levels={a.quantization_levels} is only used by "
+          f"algorithm.compressor='qsgd', not {a.compressor!r}; leave it at "
+          f"{QUANTIZATION_LEVELS.default}.")
+  require(0 < a.consensus_step <= 1,
+          f"algorithm.consensus_step (CHOCO's gamma) must be in (0, 1], got {a.consensus_step}.")
+
+
+@registry.register("choco", check=_check, uses_topology=True, static_topology_only=True,
+                   hyperparameters=(*common.local_update(common.ONE_LOCAL_STEP), common.MOMENTUM,
+                                    COMPRESSOR, COMPRESSION_RATIO, QUANTIZATION_LEVELS,
+                                    CONSENSUS_STEP))
+def build(a, ctx) -> Algorithm:
+  compressor = make_compressor(a.compressor, ratio=a.compression_ratio,
+                               levels=a.quantization_levels)
+  return choco(ctx.loss_fn, compressor, consensus_step=a.consensus_step,
+               momentum=registry.resolved(a, "momentum"), **common.local_options(a, ctx))

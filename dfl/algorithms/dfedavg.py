@@ -13,15 +13,21 @@ round), unless `keep_optimizer_state`: then each node carries its own v from rou
 (its buffer is not mixed), as a node whose one optimizer lives for the whole run (codes that
 create the optimizer once, outside the round loop). Optional: coupled weight decay,
 gradient clipping to a global norm (`dfl.local.make_optimizer`), per-batch augmentation.
+
+Registered as `dfedavg` (momentum pinned at 0: algorithm.momentum may only be unset or 0) and
+`dfedavgm` (momentum default 0.9, in (0, 1)).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import jax
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm
 from dfl.algorithms.local_then_gossip import Mixer, local_then_gossip
+from dfl.hyperparameters import require
 from dfl.local import AugmentFn, make_local_sgd, make_optimizer
 
 
@@ -37,3 +43,36 @@ def dfedavg(loss_fn: Callable, *, lr: float, local_steps: int, batch_size: int,
                              augment=augment, max_epochs=max_epochs)
   return local_then_gossip(local_sgd, optimizer, reset_optimizer=not keep_optimizer_state,
                            lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N)
+
+
+def _check_no_momentum(a) -> None:
+  require(a.momentum in (None, 0.0),
+          f"algorithm.name='dfedavg' is plain local SGD but algorithm.momentum={a.momentum}; use "
+          "algorithm.name='dfedavgm' for local momentum.")
+
+
+def _check_momentum_m(a) -> None:
+  momentum = registry.resolved(a, "momentum")
+  require(0.0 < momentum < 1.0,
+          f"algorithm.name='dfedavgm' needs 0 < algorithm.momentum < 1, got {momentum}.")
+
+
+_LOCAL = (*common.LOCAL_UPDATE, common.KEEP_OPTIMIZER_STATE)
+_NO_MOMENTUM = dataclasses.replace(common.MOMENTUM, batchable=False, check=_check_no_momentum,
+                                   doc="pinned at 0 (dfedavgm has momentum)")
+
+
+@registry.register("dfedavg", uses_topology=True, uses_mixer=True,
+                   hyperparameters=(*_LOCAL, _NO_MOMENTUM))
+def build_dfedavg(a, ctx) -> Algorithm:
+  return dfedavg(ctx.loss_fn, momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,
+                 keep_optimizer_state=a.get("keep_optimizer_state", False),
+                 **common.local_options(a, ctx))
+
+
+@registry.register("dfedavgm", uses_topology=True, uses_mixer=True, hyperparameters=(
+    *_LOCAL, dataclasses.replace(common.MOMENTUM, default=0.9, check=_check_momentum_m)))
+def build_dfedavgm(a, ctx) -> Algorithm:
+  return dfedavg(ctx.loss_fn, momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,
+                 keep_optimizer_state=a.get("keep_optimizer_state", False),
+                 **common.local_options(a, ctx))

@@ -20,12 +20,15 @@ Gradient clipping (`clip_norm`) acts on g_tilde, before weight decay and momentu
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import jax
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm
 from dfl.algorithms.local_then_gossip import Mixer, local_then_gossip
+from dfl.hyperparameters import require
 from dfl.local import AugmentFn, make_local_sgd, make_optimizer
 from dfl.sam import sam_gradient
 
@@ -64,3 +67,23 @@ def dfedsam(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, batch
   return local_then_gossip(local_sam, optimizer, gossip_steps=gossip_steps,
                            reset_optimizer=not keep_optimizer_state, lr_decay=lr_decay,
                            mixer=mixer, num_steps_N=num_steps_N)
+
+
+def _check_one_gossip_step(a) -> None:
+  require(a.gossip_steps in (None, 1),
+          f"algorithm.name='dfedsam' gossips once per round but algorithm.gossip_steps="
+          f"{a.gossip_steps}; use algorithm.name='dfedsam_mgs' for Q > 1.")
+
+
+# Q pinned at 1 (dfedsam_mgs repeats gossip).
+_ONE_GOSSIP_STEP = dataclasses.replace(common.GOSSIP_STEPS, check=_check_one_gossip_step)
+
+
+@registry.register("dfedsam", uses_topology=True, uses_mixer=True, hyperparameters=(
+    *common.LOCAL_UPDATE, common.RHO, _ONE_GOSSIP_STEP, common.MOMENTUM,
+    common.KEEP_OPTIMIZER_STATE))
+def build(a, ctx) -> Algorithm:
+  return dfedsam(ctx.loss_fn, rho=a.rho, gossip_steps=registry.resolved(a, "gossip_steps"),
+                 momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,
+                 keep_optimizer_state=a.get("keep_optimizer_state", False),
+                 **common.local_options(a, ctx))

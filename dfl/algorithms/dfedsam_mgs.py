@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import jax
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm
 from dfl.algorithms.dfedsam import dfedsam
 from dfl.algorithms.local_then_gossip import Mixer
@@ -41,3 +42,13 @@ def dfedsam_mgs(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, b
                  lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N,
                  keep_optimizer_state=keep_optimizer_state, clip_norm=clip_norm, augment=augment,
                  max_epochs=max_epochs)
+
+
+@registry.register("dfedsam_mgs", uses_topology=True, uses_mixer=True, hyperparameters=(
+    *common.LOCAL_UPDATE, common.RHO, common.GOSSIP_STEPS.with_default(PAPER_GOSSIP_STEPS),
+    common.MOMENTUM, common.KEEP_OPTIMIZER_STATE))
+def build(a, ctx) -> Algorithm:
+  return dfedsam_mgs(ctx.loss_fn, rho=a.rho, gossip_steps=registry.resolved(a, "gossip_steps"),
+                     momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,
+                     keep_optimizer_state=a.get("keep_optimizer_state", False),
+                     **common.local_options(a, ctx))

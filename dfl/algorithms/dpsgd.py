@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import jax
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm
 from dfl.algorithms.local_then_gossip import Mixer, local_then_gossip
 from dfl.local import AugmentFn, make_local_sgd, make_optimizer
@@ -39,3 +40,10 @@ def dpsgd(loss_fn: Callable, *, lr: float, batch_size: int, local_steps: int = 1
                              augment=augment, max_epochs=max_epochs)
   return local_then_gossip(local_sgd, optimizer, reset_optimizer=False, lr_decay=lr_decay,
                            mixer=mixer, num_steps_N=num_steps_N)
+
+
+@registry.register("dpsgd", uses_topology=True, uses_mixer=True, hyperparameters=(
+    *common.local_update(common.ONE_LOCAL_STEP), common.MOMENTUM))
+def build(a, ctx) -> Algorithm:
+  return dpsgd(ctx.loss_fn, momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,
+               **common.local_options(a, ctx))

@@ -40,8 +40,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import (Algorithm, RoundInputs, RoundMetrics, merge_flag,
-                                 node_gradients)
+                                 node_gradients, refuse_mixer, refuse_unsupported)
 from dfl.local import AugmentFn
 from dfl.mixing import messages_per_step, mix
 
@@ -89,10 +90,13 @@ def exact_diffusion(loss_fn: Callable, *, lr: float, batch_size: int, weight_dec
   return Algorithm(init, round_fn)
 
 
+@registry.register(
+    "exact_diffusion", uses_topology=True, no_variance_correction=True,
+    one_gradient_per_round=True, check=lambda a, num_nodes: refuse_unsupported(a, one_step=True),
+    hyperparameters=(common.LR, common.LR_DECAY, common.BATCH_SIZE, common.WEIGHT_DECAY))
 def build(a, ctx) -> Algorithm:
   """The registry's builder: reads the `algorithm` config section."""
-  from dfl.algorithms.base import refuse_unsupported
-  refuse_unsupported(a, ctx, one_step=True)
+  refuse_mixer(a.name, ctx)
   return exact_diffusion(ctx.loss_fn, lr=a.lr, batch_size=a.batch_size,
                          weight_decay=a.weight_decay, lr_decay=a.lr_decay,
                          merge_rounds=ctx.merge_rounds, augment=ctx.augment)

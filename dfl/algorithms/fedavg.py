@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.execution import node_map
 from dfl.local import NodeData, make_local_sgd, make_optimizer
@@ -104,3 +105,11 @@ def fedavg(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, ba
   return server_average(local_sgd, num_nodes=num_nodes, client_fraction=client_fraction,
                         lr_decay=lr_decay, optimizer=optimizer, num_steps_N=num_steps_N,
                         aggregation_weights=aggregation_weights)
+
+
+@registry.register("fedavg", hyperparameters=(
+    *common.LOCAL_UPDATE, common.CLIENT_FRACTION, common.MOMENTUM, common.AGGREGATION_WEIGHTS))
+def build(a, ctx) -> Algorithm:
+  return fedavg(ctx.loss_fn, num_nodes=ctx.num_nodes, client_fraction=a.client_fraction,
+                momentum=registry.resolved(a, "momentum"),
+                aggregation_weights=a.aggregation_weights, **common.local_options(a, ctx))

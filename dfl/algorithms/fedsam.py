@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import jax
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm
 from dfl.algorithms.fedavg import fedavg
 from dfl.sam import sam_gradient
@@ -32,3 +33,11 @@ def fedsam(loss_fn: Callable, *, num_nodes: int, lr: float, rho: float, local_st
                 weight_decay=weight_decay, lr_decay=lr_decay,
                 gradient=sam_gradient(loss_fn, rho), num_steps_N=num_steps_N,
                 clip_norm=clip_norm, augment=augment, max_epochs=max_epochs)
+
+
+@registry.register("fedsam", hyperparameters=(
+    *common.LOCAL_UPDATE, common.RHO, common.CLIENT_FRACTION, common.MOMENTUM))
+def build(a, ctx) -> Algorithm:
+  return fedsam(ctx.loss_fn, num_nodes=ctx.num_nodes, rho=a.rho,
+                client_fraction=a.client_fraction, momentum=registry.resolved(a, "momentum"),
+                **common.local_options(a, ctx))

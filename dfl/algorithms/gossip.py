@@ -39,7 +39,9 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm, RoundInputs, merge_flag
+from dfl.hyperparameters import Hyperparameter, require
 from dfl.algorithms.local_then_gossip import Mixer, local_then_gossip
 from dfl.local import make_local_sgd, make_optimizer
 from dfl.tracing import concrete
@@ -131,3 +133,23 @@ def gossip_learning(loss_fn: Callable, *, lr: float, local_steps: int, batch_siz
     return algorithm.round(state, inputs._replace(mixing=mixing))
 
   return Algorithm(algorithm.init, round_fn)
+
+
+SELF_WEIGHT = Hyperparameter(
+    "self_weight", 0.5, batchable=True, doc="beta, the weight on the own model",
+    check=lambda a: require(0 <= a.self_weight < 1, f"algorithm.self_weight must be in [0, 1) "
+                            f"for gossip, got {a.self_weight}."))
+
+
+@registry.register("gossip", uses_topology=True, uses_mixer=True, hyperparameters=(
+    common.LR, common.LR_DECAY, common.LOCAL_STEPS, common.BATCH_SIZE, common.WEIGHT_DECAY,
+    common.CLIP_NORM, common.MOMENTUM, common.AGGREGATION_WEIGHTS, SELF_WEIGHT))
+def build(a, ctx) -> Algorithm:
+  """Gossip learning's K local steps (no local_epochs: a node trains continuously)."""
+  return gossip_learning(ctx.loss_fn, lr=a.lr, local_steps=registry.resolved(a, "local_steps"),
+                         batch_size=a.batch_size, self_weight=a.self_weight,
+                         momentum=registry.resolved(a, "momentum"),
+                         weight_decay=a.weight_decay, lr_decay=a.lr_decay, mixer=ctx.mixer,
+                         merge_rounds=ctx.merge_rounds,
+                         aggregation_weights=a.aggregation_weights,
+                         clip_norm=a.get("clip_norm"), augment=ctx.augment)

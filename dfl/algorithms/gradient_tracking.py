@@ -40,7 +40,9 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
+from dfl.algorithms import common, registry
+from dfl.algorithms.base import (Algorithm, RoundInputs, RoundMetrics, node_keys, refuse_mixer,
+                                 refuse_unsupported)
 from dfl.execution import node_map
 from dfl.local import AugmentFn, make_local_sgd, make_optimizer
 from dfl.mixing import messages_per_step, mix
@@ -101,10 +103,14 @@ def gradient_tracking(loss_fn: Callable, *, lr: float, batch_size: int, local_st
   return Algorithm(init, round_fn)
 
 
+@registry.register(
+    "gradient_tracking", uses_topology=True, no_variance_correction=True,
+    check=lambda a, num_nodes: refuse_unsupported(a, one_step=False),
+    hyperparameters=(common.LR, common.LR_DECAY, common.LOCAL_STEPS.with_default(1),
+                     common.BATCH_SIZE, common.WEIGHT_DECAY))
 def build(a, ctx) -> Algorithm:
   """The registry's builder: reads the `algorithm` config section (K = local_steps, default 1)."""
-  from dfl.algorithms.base import refuse_unsupported
-  refuse_unsupported(a, ctx, one_step=False)
+  refuse_mixer(a.name, ctx)
   return gradient_tracking(ctx.loss_fn, lr=a.lr, batch_size=a.batch_size,
-                           local_steps=1 if a.local_steps is None else int(a.local_steps),
+                           local_steps=int(registry.resolved(a, "local_steps")),
                            weight_decay=a.weight_decay, lr_decay=a.lr_decay, augment=ctx.augment)

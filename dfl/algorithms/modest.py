@@ -76,11 +76,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.algorithms.fedavg import SAMPLING_STREAM
 from dfl.execution import node_map
+from dfl.hyperparameters import Hyperparameter, require
 from dfl.local import NodeData, make_local_sgd, make_optimizer
-from dfl.membership import Membership, static_membership
+from dfl.membership import Membership, build_membership, parse_schedule, static_membership
 from dfl.tracing import concrete
 
 PyTree = object
@@ -296,3 +298,67 @@ def modest(loss_fn: Callable, *, num_nodes: int, lr: float, local_steps: int, ba
                        aggregators=aggregators, success_fraction=success_fraction,
                        membership=membership, lr_decay=lr_decay, num_steps_N=num_steps_N,
                        min_models=min_models, inactivity_rounds=inactivity_rounds)
+
+
+PAPER_SAMPLE_SIZE = 10  # s of the paper's experiments (capped at num_nodes)
+
+
+def _only_modest(field: str, default, leave: str):
+  def if_unused(a, name, users):
+    if a[field] == default:
+      return None
+    return (f"algorithm.{field}={a[field]} is only used by algorithm.name='modest', not "
+            f"{name!r}; {leave}.")
+  return if_unused
+
+
+def _membership_unused(a, name, users):
+  parse_schedule(a.membership)  # raises on a malformed schedule
+  if not a.membership:
+    return None
+  return (f"algorithm.membership={a.membership!r} is only simulated by algorithm.name='modest', "
+          f"not {name!r}; leave it empty.")
+
+
+SAMPLE_SIZE = Hyperparameter("sample_size", lambda num_nodes: min(PAPER_SAMPLE_SIZE, num_nodes),
+                             doc="s, nodes sampled per round; None: min(10, num_nodes)")
+AGGREGATORS = Hyperparameter("aggregators", 1, doc="a, nodes that aggregate per round (a <= s)")
+SUCCESS_FRACTION = Hyperparameter(
+    "success_fraction", 1.0, batchable=True,
+    doc="sf, aggregate once floor(sf * s) models arrived")
+MIN_MODELS = Hyperparameter("min_models", 3, if_unused=_only_modest("min_models", 3,
+                                                                    "leave it at 3"),
+                            doc="at the timeout, fewer arrivals than this void the round")
+INACTIVITY_ROUNDS = Hyperparameter(
+    "inactivity_rounds", 50, if_unused=_only_modest("inactivity_rounds", 50, "leave it at 50"),
+    doc="drop a failed node after R silent rounds (0: never)")
+MEMBERSHIP = Hyperparameter("membership", "", if_unused=_membership_unused,
+                            doc="join/leave/fail events, 'ROUND:EVENT:AMOUNT,...'")
+
+
+def _check(a, num_nodes: int) -> None:
+  s = SAMPLE_SIZE.resolve(a.sample_size, num_nodes)
+  require(1 <= s <= num_nodes, f"algorithm.sample_size must be in [1, num_nodes={num_nodes}], "
+          f"got {s}.")
+  require(1 <= a.aggregators <= s, f"algorithm.aggregators must be in [1, sample_size={s}], got "
+          f"{a.aggregators}.")
+  require(0 < a.success_fraction <= 1,
+          f"algorithm.success_fraction must be in (0, 1], got {a.success_fraction}.")
+  require(isinstance(a.min_models, int) and a.min_models >= 1,
+          f"algorithm.min_models must be an integer >= 1, got {a.min_models!r}.")
+  require(isinstance(a.inactivity_rounds, int) and a.inactivity_rounds >= 0,
+          f"algorithm.inactivity_rounds must be an integer >= 0 (0: never drop a failed node), "
+          f"got {a.inactivity_rounds!r}.")
+  parse_schedule(a.membership)  # raises on a malformed schedule
+
+
+@registry.register("modest", check=_check, hyperparameters=(
+    *common.LOCAL_UPDATE, common.MOMENTUM, SAMPLE_SIZE, AGGREGATORS, SUCCESS_FRACTION,
+    MIN_MODELS, INACTIVITY_ROUNDS, MEMBERSHIP))
+def build(a, ctx) -> Algorithm:
+  return modest(ctx.loss_fn, num_nodes=ctx.num_nodes,
+                sample_size=registry.resolved(a, "sample_size", ctx.num_nodes),
+                aggregators=a.aggregators, success_fraction=a.success_fraction,
+                membership=build_membership(ctx.num_nodes, a.membership, seed=ctx.seed),
+                momentum=registry.resolved(a, "momentum"), min_models=a.min_models,
+                inactivity_rounds=a.inactivity_rounds, **common.local_options(a, ctx))

@@ -44,6 +44,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.algorithms.local_then_gossip import run_local_phase
 from dfl.local import AugmentFn, make_local_sgd, make_optimizer
@@ -94,3 +95,10 @@ def push_sum(loss_fn: Callable, *, lr: float, batch_size: int, local_steps: int 
     return PushSumState(params, w_next, opt_state), metrics
 
   return Algorithm(init, round_fn)
+
+
+@registry.register("push_sum", uses_topology=True, column_stochastic=True,
+                   hyperparameters=(*common.local_update(common.ONE_LOCAL_STEP), common.MOMENTUM))
+def build(a, ctx) -> Algorithm:
+  return push_sum(ctx.loss_fn, momentum=registry.resolved(a, "momentum"),
+                  **common.local_options(a, ctx))

@@ -24,15 +24,18 @@ clipping. One exchange per round (x^{t+1/2}), one transfer per edge.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_gradients
+from dfl.algorithms import common, registry
+from dfl.algorithms.base import (Algorithm, RoundInputs, RoundMetrics, node_gradients,
+                                 refuse_mixer, refuse_unsupported)
+from dfl.hyperparameters import require
 from dfl.local import AugmentFn
 from dfl.mixing import messages_per_step, mix
-from dfl.tracing import concrete
 
 PyTree = object
 
@@ -80,12 +83,19 @@ def qgm(loss_fn: Callable, *, lr: float, batch_size: int, momentum: float = 0.9,
   return Algorithm(init, round_fn)
 
 
+def _check_momentum(a) -> None:
+  beta = float(registry.resolved(a, "momentum"))
+  require(0.0 <= beta < 1.0, f"algorithm.name='qgm' needs 0 <= algorithm.momentum < 1, got {beta}.")
+
+
+@registry.register(
+    "qgm", uses_topology=True, no_variance_correction=True, one_gradient_per_round=True,
+    check=lambda a, num_nodes: refuse_unsupported(a, one_step=True, momentum=True),
+    hyperparameters=(common.LR, common.LR_DECAY, common.BATCH_SIZE, common.WEIGHT_DECAY,
+                     dataclasses.replace(common.MOMENTUM, default=0.9, check=_check_momentum)))
 def build(a, ctx) -> Algorithm:
   """The registry's builder: reads the `algorithm` config section (momentum default 0.9)."""
-  from dfl.algorithms.base import refuse_unsupported
-  refuse_unsupported(a, ctx, one_step=True, momentum=True)
-  beta = 0.9 if a.momentum is None else a.momentum  # a float, or traced (batched runs)
-  if concrete(beta) and not 0.0 <= beta < 1.0:
-    raise ValueError(f"algorithm.name='qgm' needs 0 <= algorithm.momentum < 1, got {beta}.")
+  refuse_mixer(a.name, ctx)
+  beta = registry.resolved(a, "momentum")  # a float, or traced (batched runs)
   return qgm(ctx.loss_fn, lr=a.lr, batch_size=a.batch_size, momentum=beta,
              weight_decay=a.weight_decay, lr_decay=a.lr_decay, augment=ctx.augment)

@@ -74,6 +74,10 @@ def get_config():
   c.topology.mixing_form = "auto"  # dense | sparse | auto (sparse when N > 64 and rows are sparse)
   c.topology.seed = config_dict.placeholder(int)  # None: derived from seed
 
+  # Each algorithm declares, in its module (dfl/algorithms/<name>.py), which of these fields it
+  # reads, what None means for it, their checks and which are batchable; a field it does not
+  # read, set on the command line, is an error. `python -c "from dfl.algorithms import
+  # used_fields; print(sorted(used_fields('gossip')))"` lists them.
   c.algorithm = config_dict.ConfigDict()
   # dpsgd | dfedavg | dfedavgm | dfedsam | dfedsam_mgs | fedavg | fedsam | gossip | modest |
   # gradient_tracking (K-GT / DSGT) | exact_diffusion (D^2) | qgm (QG-DSGDm) |

@@ -95,7 +95,7 @@ def test_batches_group_runs_that_differ_only_in_batchable_values(tmp_path):
   runs = sweep.plan_runs(config, "experiments/configs/default.py", str(tmp_path), ["--config.num_nodes=4"],
                          ["algorithm.name=dfedavg,dpsgd", "algorithm.lr=0.1,0.3"], [], seeds="0,1")
   batched = sweep.batch_runs(config, "experiments/configs/default.py", runs[1:], str(tmp_path),
-                             ["--config.num_nodes=4"], cap=0)  # run 0 finished, say
+                             cap=0)  # run 0 finished, say
   assert [len(b.outputs) for b in batched] == [3, 4]  # per algorithm: lr x seed
   first = batched[0]
   assert first.outputs == tuple(r.workdir for r in runs[1:4])
@@ -104,7 +104,7 @@ def test_batches_group_runs_that_differ_only_in_batchable_values(tmp_path):
   listed = json.loads(first.runs_json)
   assert listed[0] == {"workdir": runs[1].workdir,
                        "overrides": [list(o) for o in runs[1].overrides]}
-  capped = sweep.batch_runs(config, "experiments/configs/default.py", runs, str(tmp_path), [], cap=3)
+  capped = sweep.batch_runs(config, "experiments/configs/default.py", runs, str(tmp_path), cap=3)
   assert [len(b.outputs) for b in capped] == [3, 1, 3, 1] and capped[1] is runs[3]
   assert capped[0].command[-1] == "--batch=3"
   assert sweep.batch_size_flag("auto") == 0 and sweep.batch_size_flag("none") is None
