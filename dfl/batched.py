@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dfl import checkpoint, workdir_lock
+from dfl import checkpoint, model_state, workdir_lock
 from dfl.algorithms.base import RoundInputs
 from dfl.local import NodeData
 from dfl.metric_writers import make_metric_writer
@@ -210,8 +210,8 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
     records: list[list[dict]] = [p.records for p in progress]
     metas = [run_meta(c) for c in configs]
 
-    def record(params_S, round_done, loss_S, wall):
-      figures = jax.device_get(evaluate(params_S, honest_S))
+    def record(state_S, round_done, loss_S, wall):
+      figures = jax.device_get(evaluate(state_S.params, honest_S, model_state.of_state(state_S)))
       for s in range(len(exps)):
         rec = evaluation_record({k: v[s] for k, v in figures.items()}, round_done,
                                 None if loss_S is None else loss_S[s], comms[s], wall)
@@ -221,7 +221,7 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
     rounds = config.train.rounds
     start = time.perf_counter()
     if done == 0:
-      record(state.params, 0, None, 0.0)
+      record(state, 0, None, 0.0)
     with checkpoint.PreemptionGuard() as guard, \
         progress_bar(total=rounds, initial=done,
                      desc=f"{config.algorithm.name}/{config.topology.name} x{len(exps)} seeds") as bar:
@@ -242,7 +242,7 @@ def _train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[s
           raise FloatingPointError(f"Training diverged for seed(s) {bad}: non-finite loss by "
                                    f"round {done}; lower algorithm.lr (now {config.algorithm.lr}).")
         wall = wall_offset + time.perf_counter() - start
-        record(state.params, done, loss_S, wall)
+        record(state, done, loss_S, wall)
         preempted = guard.signum is not None and done < rounds
         if preempted or checkpoint_due(config, begin, done):
           for s, ckpt in enumerate(checkpoints):

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dfl import checkpoint
+from dfl import checkpoint, model_state
 from dfl.config_checks import validate_config
 from dfl.data import Dataset, as_dataset, dataset_fields
 from dfl.errors import UserError
@@ -119,7 +119,8 @@ def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCoun
 
 def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm: CommCounter,
                        wall: float) -> dict:
-  figures = jax.device_get(exp.evaluate(state.params, exp.honest_N))
+  # The model state (BatchNorm statistics) too, for a model with state (dfl/model_state.py).
+  figures = jax.device_get(exp.evaluate(state.params, exp.honest_N, model_state.of_state(state)))
   return evaluation_record(figures, round_done, train_loss, comm, wall)
 
 

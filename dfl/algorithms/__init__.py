@@ -28,6 +28,7 @@ from dfl.algorithms.push_sum import push_sum
 from dfl.errors import UserError
 from dfl.imports import is_import_path, resolve
 from dfl.membership import build_membership
+from dfl.model_state import ModelState
 
 
 class BuildContext(NamedTuple):
@@ -38,6 +39,9 @@ class BuildContext(NamedTuple):
   seed: int = 0  # for choices made when building (which nodes leave or fail in MoDeST)
   merge_rounds: tuple = ()  # a schedule's dense rounds: mixed with the topology's W as given
   augment: Optional[Callable] = None  # augment(key, x_B) -> x_B on every local minibatch
+  # A model with state or dropout (dfl/model_state.py): its description, initial states and
+  # average_stats; loss_fn is then a StatefulLoss. None: a plain model.
+  model_state: Optional[ModelState] = None
 
 
 # algorithm.local_steps = None means the algorithm's own default K.
@@ -81,11 +85,15 @@ def _gossip_steps(a, default: int) -> int:
 
 
 def _local(a, ctx: BuildContext, default_steps: int = DEFAULT_LOCAL_STEPS) -> dict:
-  """Keyword arguments every local-update factory takes: the optimizer and the batch stream."""
+  """Keyword arguments every local-update factory takes: the optimizer and the batch stream
+  (and, for a model with state, its initial states and average_stats)."""
   work = local_work(a, ctx.shard_sizes, default_steps)
+  stateful = {} if ctx.model_state is None else dict(
+      model_state_N=ctx.model_state.init_N, average_stats=ctx.model_state.average_stats)
   return dict(lr=a.lr, local_steps=work.local_steps, batch_size=a.batch_size,
               weight_decay=a.weight_decay, lr_decay=a.lr_decay, clip_norm=a.get("clip_norm"),
-              augment=ctx.augment, num_steps_N=work.num_steps_N, max_epochs=work.max_epochs)
+              augment=ctx.augment, num_steps_N=work.num_steps_N, max_epochs=work.max_epochs,
+              **stateful)
 
 
 def _dfedavg(a, ctx: BuildContext) -> Algorithm:
@@ -212,11 +220,28 @@ CHOCO_FIELDS = {"compressor": "identity", "compression_ratio": 0.1, "quantizatio
 # Algorithms whose rounds may repeat gossip (algorithm.gossip_steps = Q).
 USES_GOSSIP_STEPS = {"dfedsam", "dfedsam_mgs"}
 
+# Algorithms that carry a model's state (BatchNorm statistics) and dropout keys
+# (dfl/model_state.py); the others refuse such a model.
+SUPPORTS_MODEL_STATE = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "fedavg",
+                        "fedsam"}
+
+
+def check_model_state(algorithm_name: str, model_state: Optional[ModelState]) -> None:
+  """A model with state or dropout needs an algorithm that carries it."""
+  if model_state is None or algorithm_name in SUPPORTS_MODEL_STATE:
+    return
+  what = (f"state ({', '.join(model_state.collections)})" if model_state.collections
+          else "a train argument (dropout)")
+  raise UserError(f"model.name={model_state.name!r} has {what}, which algorithm.name="
+                  f"{algorithm_name!r} does not carry; use one of "
+                  f"{sorted(SUPPORTS_MODEL_STATE)}, or a model without state.")
+
 
 def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
   """The registered builder of algorithm.name, or a user's builder named by import path
   ("package.module:builder", called as builder(algorithm_config, ctx) like the ones here)."""
   name = algorithm_config.name
+  check_model_state(name, ctx.model_state)
   if is_import_path(name):
     algorithm = resolve(name, "algorithm.name")(algorithm_config, ctx)
     if not (callable(getattr(algorithm, "init", None)) and
@@ -233,5 +258,6 @@ def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
 __all__ = ["Algorithm", "RoundInputs", "RoundMetrics", "BuildContext", "ALGORITHMS",
            "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "USES_MIXER", "STATIC_TOPOLOGY_ONLY",
            "COLUMN_STOCHASTIC", "CHOCO_FIELDS", "ONE_GRADIENT_PER_ROUND",
-           "NO_VARIANCE_CORRECTION", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
+           "NO_VARIANCE_CORRECTION", "USES_KEEP_OPTIMIZER_STATE", "SUPPORTS_MODEL_STATE",
+           "LocalWork", "check_model_state",
            "build_algorithm", "local_work"]

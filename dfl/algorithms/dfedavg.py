@@ -29,11 +29,13 @@ def dfedavg(loss_fn: Callable, *, lr: float, local_steps: int, batch_size: int,
             momentum: float = 0.0, weight_decay: float = 0.0, lr_decay: float = 1.0,
             mixer: Optional[Mixer] = None, num_steps_N: Optional[jax.Array] = None,
             keep_optimizer_state: bool = False, clip_norm: Optional[float] = None,
-            augment: Optional[AugmentFn] = None, max_epochs: Optional[int] = None) -> Algorithm:
+            augment: Optional[AugmentFn] = None, max_epochs: Optional[int] = None,
+            model_state_N=None, average_stats: bool = True) -> Algorithm:
   """Builds DFedAvg (momentum 0) or DFedAvgM; arguments as in `dfl.algorithms.dfedsam.dfedsam`."""
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
                              clip_norm=clip_norm)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
                              augment=augment, max_epochs=max_epochs)
   return local_then_gossip(local_sgd, optimizer, reset_optimizer=not keep_optimizer_state,
-                           lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N)
+                           lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N,
+                           model_state_N=model_state_N, average_stats=average_stats)
