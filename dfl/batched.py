@@ -136,6 +136,10 @@ def train_and_evaluate_seeds(config, seeds: Sequence[int], workdirs: Sequence[st
   if config.eval.personal_test:  # each seed's splits follow its own partition; one evaluator
     raise ValueError("eval.personal_test=True is not supported with --seeds (batched seeds share "
                      "one evaluator); run the seeds one by one.")
+  if config.eval.get("recompute_stats_batches", 0):  # drawn from each seed's own shards
+    raise ValueError("eval.recompute_stats_batches > 0 is not supported with --seeds (batched "
+                     "seeds share one evaluator, its calibration batches one seed's); run the "
+                     "seeds one by one.")
   adversary = config.get("adversary")
   if adversary is not None and adversary.attack == "label_flip":  # x, y differ per seed
     raise ValueError("adversary.attack='label_flip' is not supported with --seeds (each seed's "

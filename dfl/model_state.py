@@ -31,8 +31,8 @@ The contract a flax module follows to be trained as a stateful or stochastic mod
   augmentation keys: the same seed gives the same masks, nodes and steps get different ones.
 
 State in the algorithms (dpsgd, dfedavg(m), dfedsam(_mgs), fedavg, fedsam): every node carries
-its model state next to its parameters (`StatefulGossipState`, `ServerState.model_state`), so
-checkpoints save and resume it. The local scan threads it through every step; a node's masked
+its model state next to its parameters (`StatefulGossipState`, `StatefulServerState`), so
+checkpoints save and resume it; the other algorithms refuse such a model. The local scan threads it through every step; a node's masked
 no-op steps (local epochs over unequal shards) keep it. With `average_stats` (model.average_stats,
 default True) gossip mixes the floating-point leaves of the state with the same W (and the same
 Q steps) as the parameters, and the FedAvg server averages them with the parameters' weights;
