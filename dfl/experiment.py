@@ -247,9 +247,9 @@ def _check_model_state(config, stateful, gossip_step, x_train, shards, seed: int
                       f"model.name={name!r} has none; leave them at True and 0.")
     return None
   if gossip_step is not None:
-    raise UserError(f"model.name={name!r} has state ({', '.join(stateful.collections)}): "
-                    "adversaries and robust aggregation rules (adversary.attack, "
-                    "aggregation.rule) do not support models with state yet.")
+    raise UserError(f"model.name={name!r} has {stateful.kind()}: adversaries and robust "
+                    "aggregation rules (adversary.attack, aggregation.rule) do not support "
+                    "models with state or dropout yet.")
   if not batches:
     return None
   if model_state_lib.STATS not in stateful.collections:

@@ -32,13 +32,14 @@ The contract a flax module follows to be trained as a stateful or stochastic mod
 
 State in the algorithms (dpsgd, dfedavg(m), dfedsam(_mgs), fedavg, fedsam): every node carries
 its model state next to its parameters (`StatefulGossipState`, `StatefulServerState`), so
-checkpoints save and resume it; the other algorithms refuse such a model. The local scan threads it through every step; a node's masked
-no-op steps (local epochs over unequal shards) keep it. With `average_stats` (model.average_stats,
-default True) gossip mixes the floating-point leaves of the state with the same W (and the same
-Q steps) as the parameters, and the FedAvg server averages them with the parameters' weights;
-False: every node keeps its own statistics (FedAvg: each client keeps its own across rounds,
-as SiloBN / FedBN do). Integer leaves are never mixed. With average_stats the statistics are
-sent with every model and counted in its bytes.
+checkpoints save and resume it; the other algorithms refuse such a model. The local scan threads
+it through every step; a node's masked no-op steps (local epochs over unequal shards) keep it.
+With `average_stats` (model.average_stats, default True) gossip mixes the floating-point leaves
+of the state with the same W (and the same Q steps) as the parameters, and the FedAvg server
+averages them with the parameters' weights; False: every node keeps its own statistics (FedAvg:
+each client keeps its own across rounds, as SiloBN / FedBN do). Integer leaves are never mixed.
+With average_stats the statistics are sent with every model and counted in its bytes.
+DFedSAM / FedSAM: only the unperturbed pass updates the statistics (`dfl.sam`).
 
 Evaluation: each node's own model uses its own state; the node-averaged model uses the node
 mean of the states (the mixed statistics under average_stats, else the mean of the unmixed
@@ -119,6 +120,12 @@ class ModelState(NamedTuple):
   takes_mask: bool  # __call__ takes the [B] lane mask
   init_N: PyTree  # the nodes' initial state {collection: tree}, every leaf [N, ...]
   average_stats: bool  # mix the state with W (the server averages it) or keep it per node
+
+  def kind(self) -> str:
+    """What makes the model stateful, for messages."""
+    if self.collections:
+      return f"state ({', '.join(self.collections)})"
+    return "a train argument (dropout)"
 
 
 def takes_argument(model: nn.Module, name: str) -> bool:

@@ -230,10 +230,8 @@ def check_model_state(algorithm_name: str, model_state: Optional[ModelState]) ->
   """A model with state or dropout needs an algorithm that carries it."""
   if model_state is None or algorithm_name in SUPPORTS_MODEL_STATE:
     return
-  what = (f"state ({', '.join(model_state.collections)})" if model_state.collections
-          else "a train argument (dropout)")
-  raise UserError(f"model.name={model_state.name!r} has {what}, which algorithm.name="
-                  f"{algorithm_name!r} does not carry; use one of "
+  raise UserError(f"model.name={model_state.name!r} has {model_state.kind()}, which "
+                  f"algorithm.name={algorithm_name!r} does not carry; use one of "
                   f"{sorted(SUPPORTS_MODEL_STATE)}, or a model without state.")
 
 
