@@ -60,18 +60,22 @@ def _stats(state):
   return np.asarray(bn["mean"], np.float64), np.asarray(bn["var"], np.float64)
 
 
-@pytest.mark.parametrize("name", ["dfedavg", "dfedsam"])
-def test_one_round_carries_each_nodes_statistics_then_mixes_them_with_w(name):
+@pytest.mark.parametrize("name,gossip_steps", [("dfedavg", None), ("dpsgd", None),
+                                               ("dfedsam", None), ("dfedsam_mgs", 2)])
+def test_one_round_carries_each_nodes_statistics_then_mixes_them_with_w(name, gossip_steps):
   # Every step reads the node's whole shard (batch 1024 > every shard, its padding masked out
   # of the statistics), 2 steps. DFedSAM: the perturbed pass must not update them again.
-  exp = build_experiment(_config(algorithm__name=name, algorithm__rho=0.05))
+  # DFedSAM-MGS: Q = 2 gossip steps mix them with W^2, as the parameters.
+  exp = build_experiment(_config(algorithm__name=name, algorithm__rho=0.05,
+                                 algorithm__gossip_steps=gossip_steps))
   assert exp.topology.name == "ring"
   state = _run(exp, 1)
   assert isinstance(state, StatefulGossipState)
   mu, var = _after_full_batch_steps(*_shard_moments(exp), steps=2)
+  W = np.linalg.matrix_power(RING4, gossip_steps or 1)
   mean, variance = _stats(state)
-  np.testing.assert_allclose(mean, RING4 @ mu, atol=2e-6)
-  np.testing.assert_allclose(variance, RING4 @ var, atol=2e-6)
+  np.testing.assert_allclose(mean, W @ mu, atol=2e-6)
+  np.testing.assert_allclose(variance, W @ var, atol=2e-6)
 
 
 def test_average_stats_false_keeps_each_nodes_own_and_no_op_steps_keep_them():
@@ -92,10 +96,11 @@ def test_average_stats_false_keeps_each_nodes_own_and_no_op_steps_keep_them():
   assert not np.allclose(mean[~one_step], mu[~one_step], atol=1e-3)  # more steps, other stats
 
 
-@pytest.mark.parametrize("average_stats", [True, False])
-def test_fedavg_server_averages_the_statistics_or_clients_keep_their_own(average_stats):
-  exp = build_experiment(_config(algorithm__name="fedavg", algorithm__client_fraction=1.0,
-                                 model__average_stats=average_stats))
+@pytest.mark.parametrize("name,average_stats", [("fedavg", True), ("fedavg", False),
+                                                ("fedsam", True)])
+def test_fedavg_server_averages_the_statistics_or_clients_keep_their_own(name, average_stats):
+  exp = build_experiment(_config(algorithm__name=name, algorithm__client_fraction=1.0,
+                                 algorithm__rho=0.05, model__average_stats=average_stats))
   state = _run(exp, 1)
   mu, var = _after_full_batch_steps(*_shard_moments(exp), steps=2)
   mean, variance = _stats(state)
