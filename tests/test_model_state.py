@@ -14,7 +14,7 @@ import pytest
 from dfl.algorithms.local_then_gossip import GossipState, StatefulGossipState
 from dfl.config_checks import validate_config
 from dfl.errors import UserError
-from dfl.experiment import build_experiment, mixing_operator
+from dfl.experiment import build_experiment
 from dfl.local import NodeData, make_local_sgd, make_optimizer
 from dfl.models import make_model, make_train_loss
 from dfl.train import _mixing_source, train_and_evaluate
