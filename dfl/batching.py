@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dfl import execution as execution_lib
+from dfl import model_state as model_state_lib
 from dfl.algorithms.base import RoundInputs
 from dfl.algorithms.registry import batchable_values
 from dfl.algorithms.modest import check_batchable_quorum
@@ -125,6 +126,9 @@ def check_shared_problem(exps: Sequence[Experiment]) -> None:
   if config.eval.personal_test:
     raise IncompatibleRuns("eval.personal_test=True: each run's test splits follow its own "
                            "partition, and a batch shares one evaluator.")
+  if config.eval.get("recompute_stats_batches", 0):
+    raise IncompatibleRuns("eval.recompute_stats_batches re-estimates statistics on each run's "
+                           "own calibration batches, and a batch shares one evaluator.")
   adversary = config.get("adversary")
   if adversary is not None and adversary.attack == "label_flip":
     raise IncompatibleRuns("adversary.attack='label_flip' poisons each run's own copy of the "
@@ -253,10 +257,11 @@ class RunBatch:
 
   def evaluate(self, state) -> list[dict]:
     """Each run's evaluation figures (host values)."""
+    stats = model_state_lib.of_state(state)  # BatchNorm statistics, for a model with state
     if self.size == 1:
       exp = self.exps[0]
-      return [jax.device_get(exp.evaluate(state.params, exp.honest_N))]
-    figures = jax.device_get(self._evaluate(state.params, self.honest_S))
+      return [jax.device_get(exp.evaluate(state.params, exp.honest_N, stats))]
+    figures = jax.device_get(self._evaluate(state.params, self.honest_S, stats))
     return [{k: v[s] for k, v in figures.items()} for s in range(self.size)]
 
 

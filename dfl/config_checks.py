@@ -15,7 +15,8 @@ from dfl import execution, variance_correction
 from dfl.adversary import nodes as adversary_nodes
 from dfl.aggregation import rules as aggregation_rules
 from dfl.algorithms import (ALGORITHMS, COLUMN_STOCHASTIC, NO_VARIANCE_CORRECTION,
-                            STATIC_TOPOLOGY_ONLY, USES_MIXER, USES_TOPOLOGY)
+                            STATIC_TOPOLOGY_ONLY, SUPPORTS_MODEL_STATE, USES_MIXER,
+                            USES_TOPOLOGY)
 from dfl.algorithms import registry as algorithm_registry
 from dfl.data import DATASETS, IMAGE_DATASETS, SYNTHETIC_DATASETS
 from dfl.data.augment import AUGMENTATIONS
@@ -23,7 +24,8 @@ from dfl.errors import UserError
 from dfl.imports import is_import_path
 from dfl.data.partition import PARTITIONS
 from dfl.layers import CONV_IMPLS
-from dfl.models import MODELS, REGRESSION_MODELS
+from dfl.models import MODELS, NORM_MODELS, REGRESSION_MODELS
+from dfl.models_cifar import NORMS
 
 
 def _require(ok: bool, message: str):
@@ -79,6 +81,7 @@ def validate_config(config) -> None:
   _registered_or_path("model.name", config.model.name, MODELS)
   _validate_problem(config)
   _one_of("model.conv", config.model.conv, CONV_IMPLS)
+  _validate_model_state(config)
   _one_of("topology.name", config.topology.name, topologies.NAMES)
   _one_of("topology.mixing_form", config.topology.mixing_form, ("auto", "dense", "sparse"))
   _one_of("topology.weights", config.topology.weights, topologies.WEIGHTS)
@@ -138,6 +141,30 @@ def _validate_problem(config) -> None:
              "data.name='least_squares' does not have; leave it False.")
   l2 = model.get("l2", 0.0)
   _require(isinstance(l2, (int, float)) and l2 >= 0, f"model.l2 must be >= 0, got {l2!r}.")
+
+
+def _validate_model_state(config) -> None:
+  """model.norm, model.average_stats, eval.recompute_stats_batches (dfl/model_state.py); whether
+  a model named by import path has state is known only once it is built (dfl/experiment.py)."""
+  norm = config.model.get("norm", "group")
+  _one_of("model.norm", norm, NORMS)
+  name = config.model.name
+  _require(norm == "group" or name in NORM_MODELS,
+           f"model.norm={norm!r} is for model.name in {sorted(NORM_MODELS)}; model.name={name!r} "
+           "has no normalisation layer to swap (a model named by import path sets its own, "
+           "e.g. in model.kwargs): leave model.norm='group'.")
+  average_stats = config.model.get("average_stats", True)
+  _require(isinstance(average_stats, bool),
+           f"model.average_stats must be True or False, got {average_stats!r}.")
+  batches = config.eval.get("recompute_stats_batches", 0)
+  _require(isinstance(batches, int) and not isinstance(batches, bool) and batches >= 0,
+           f"eval.recompute_stats_batches must be an integer >= 0 (0: off), got {batches!r}.")
+  if norm == "batch":
+    algorithm = config.algorithm.name
+    _require(algorithm in SUPPORTS_MODEL_STATE,
+             f"model.norm='batch' gives model.name={name!r} BatchNorm statistics, which "
+             f"algorithm.name={algorithm!r} does not carry; use one of "
+             f"{sorted(SUPPORTS_MODEL_STATE)}, or model.norm='group'.")
 
 
 def _validate_schedule(topology, algorithm_name: str, vc) -> None:

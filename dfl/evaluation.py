@@ -11,6 +11,13 @@ as it does (`_test_on_all_clients` in fedml_api/standalone/dpsgd/dpsgd_api.py of
 github.com/rong-dai/DisPFL): the mean over nodes of each node's accuracy, not the pooled
 accuracy. The splits are an index matrix [N, L] into the test set (padded, masked), gathered
 inside the jitted scan, and the nodes are lifted with the same node_map as the local models.
+
+A model with state (`stateful`, dfl/model_state.py) is evaluated in eval mode (train=False):
+each node's model with its own state, the node-averaged model (and the honest nodes' average)
+with the node mean of the states, or, given `calibration_x` (eval.recompute_stats_batches),
+with BatchNorm statistics re-estimated for the averaged parameters on those training batches
+(`dfl.model_state.recompute_batch_stats`, after the single-merge reference's
+`reestimate_batch_norm_stats`).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import numpy as np
 import optax
 
 from dfl import execution
+from dfl import model_state as model_state_lib
 from dfl.mixing import consensus_distance, node_mean
 
 
@@ -61,8 +69,12 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
                    batch_size: int = 1000, local_examples: int = 0,
                    execution_strategy: str = "auto",
                    personal_splits: Optional[list[np.ndarray]] = None,
-                   regression: bool = False, optimum=None) -> Callable:
-  """Returns evaluate(params_N) -> dict of scalar device arrays.
+                   regression: bool = False, optimum=None, stateful: bool = False,
+                   calibration_x: Optional[np.ndarray] = None) -> Callable:
+  """Returns evaluate(params_N, honest_N=None, model_state_N=None) -> dict of scalar device
+  arrays. `stateful`: the model takes `train` and its state (model_state_N, every node's
+  {collection: tree}); `calibration_x` [M, B, ...]: training batches that re-estimate the
+  averaged model's BatchNorm statistics before it is evaluated (module docstring).
 
   `regression` (a one-output model with float targets, e.g. least squares): no accuracy keys;
   test_loss is (1/2) mean (f(x) - y)^2 of x̄ on the test set, test_loss_local_mean the mean
@@ -86,10 +98,21 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
   personal = (None if personal_splits is None else
               _personal_batches(personal_splits, max(1, batch_size // 4)))
 
-  def totals(params, xb, yb, mb):
+  calibration = None if calibration_x is None else jnp.asarray(calibration_x)
+
+  def averaged_state(params, model_state_N, w_N=None):
+    """The state of an averaged model: the (w-weighted) node mean, then re-estimated."""
+    if model_state_N is None:
+      return None
+    model_state = model_state_lib.weighted_floating(model_state_N, w_N)
+    if calibration is None:
+      return model_state
+    return model_state_lib.recompute_batch_stats(apply_fn, params, model_state, calibration)
+
+  def totals(params, model_state, xb, yb, mb):
     def body(acc, batch):
       x, y, m = batch
-      out = apply_fn({"params": params}, x)
+      out = model_state_lib.eval_apply(apply_fn, params, model_state, x)
       if regression:
         correct = jnp.int32(0)
         loss = jnp.sum(0.5 * jnp.square(out[..., 0] - y) * m)
@@ -101,16 +124,20 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
     n = jnp.sum(mb)
     return correct / n, loss / n
 
-  def gathered_totals(params, idx_Bxb, mask_Bxb, x_flat, y_flat):
-    return totals(params, x_flat[idx_Bxb], y_flat[idx_Bxb], mask_Bxb)
+  def gathered_totals(params, model_state, idx_Bxb, mask_Bxb, x_flat, y_flat):
+    return totals(params, model_state, x_flat[idx_Bxb], y_flat[idx_Bxb], mask_Bxb)
 
   @jax.jit
-  def evaluate(params_N, full, local, personal, honest_N):
+  def evaluate(params_N, full, local, personal, honest_N, model_state_N):
+    if stateful and model_state_N is None:
+      raise ValueError("A model with state is evaluated with its model_state_N.")
+    state_axis = None if model_state_N is None else 0
     mean_params = node_mean(params_N)
-    acc, loss = totals(mean_params, *full)
+    mean_state = averaged_state(mean_params, model_state_N)
+    acc, loss = totals(mean_params, mean_state, *full)
     with execution.using(execution_strategy):
-      local_acc_N, local_loss_N = execution.node_map(totals, in_axes=(0, None, None, None))(
-          params_N, *local)
+      local_acc_N, local_loss_N = execution.node_map(
+          totals, in_axes=(0, state_axis, None, None, None))(params_N, model_state_N, *local)
     if regression:
       figures = {"test_loss": loss, "test_loss_local_mean": jnp.mean(local_loss_N),
                  "consensus_distance": consensus_distance(params_N)}
@@ -126,7 +153,8 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
       h_N = honest_N.astype(jnp.float32)
       count = jnp.sum(h_N)
       honest_mean = jax.tree.map(lambda x: jnp.tensordot(h_N, x, axes=1) / count, params_N)
-      figures["test_accuracy_honest"], _ = totals(honest_mean, *full)
+      honest_state = averaged_state(honest_mean, model_state_N, h_N / count)
+      figures["test_accuracy_honest"], _ = totals(honest_mean, honest_state, *full)
       figures["test_accuracy_honest_local_mean"] = jnp.sum(h_N * local_acc_N) / count
       figures["consensus_distance_honest"] = sum(
           jnp.sum(h_N.reshape((-1,) + (1,) * (x.ndim - 1)) * (x - m) ** 2)
@@ -136,12 +164,15 @@ def make_evaluator(apply_fn: Callable, x_test: np.ndarray, y_test: np.ndarray, *
       x_flat = full[0].reshape((-1,) + full[0].shape[2:])
       y_flat = full[1].reshape(-1)
       with execution.using(execution_strategy):
-        own_N, _ = execution.node_map(gathered_totals, in_axes=(0, 0, 0, None, None))(
-            params_N, *personal, x_flat, y_flat)
-        global_N, _ = execution.node_map(gathered_totals, in_axes=(None, 0, 0, None, None))(
-            mean_params, *personal, x_flat, y_flat)
+        own_N, _ = execution.node_map(
+            gathered_totals, in_axes=(0, state_axis, 0, 0, None, None))(
+                params_N, model_state_N, *personal, x_flat, y_flat)
+        global_N, _ = execution.node_map(
+            gathered_totals, in_axes=(None, None, 0, 0, None, None))(
+                mean_params, mean_state, *personal, x_flat, y_flat)
       figures["test_accuracy_personal"] = jnp.mean(own_N)
       figures["test_accuracy_personal_global"] = jnp.mean(global_N)
     return figures
 
-  return lambda params_N, honest_N=None: evaluate(params_N, full, local, personal, honest_N)
+  return lambda params_N, honest_N=None, model_state_N=None: evaluate(
+      params_N, full, local, personal, honest_N, model_state_N)

@@ -32,7 +32,8 @@ from dfl.errors import UserError, user_input
 from dfl.evaluation import make_evaluator
 from dfl.local import NodeData
 from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
-from dfl.models import REGRESSION_MODELS, make_loss, make_model
+from dfl import model_state as model_state_lib
+from dfl.models import REGRESSION_MODELS, make_model, model_loss
 from dfl.optimum import global_optimum
 from dfl.sharding import NodePlacement, make_placement
 from dfl.tracing import SectionOverlay
@@ -41,6 +42,7 @@ from dfl.variance_correction import build_mixer
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
 _MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM, _ADVERSARY_STREAM = 4, 5, 6
+_CALIBRATION_STREAM = 7  # the batches that re-estimate BatchNorm statistics (eval)
 
 
 @dataclasses.dataclass
@@ -66,6 +68,7 @@ class Experiment:
   # make_algorithm(overrides) -> Algorithm: rebuilt with some hyperparameters replaced (batches
   # of runs pass them traced, dfl/train.py); make_algorithm() is `algorithm`.
   make_algorithm: Callable = None
+  model_state: Any = None  # dfl.model_state.ModelState of a model with state or dropout
   _static_mixing: Any = None  # the static graph's operator, built on first use
 
 
@@ -92,9 +95,10 @@ def _seed(override, seed: int, stream: int) -> int:
   return int(override) if override is not None else seed * 1000 + stream
 
 
-def init_node_params(model, input_shape, num_nodes: int, key: jax.Array, same_init: bool):
+def init_node_variables(model, input_shape, num_nodes: int, key: jax.Array, same_init: bool):
+  """Every node's flax variables {"params": ..., collections...}, leaves [N, ...]."""
   dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-  init = lambda k: model.init(k, dummy)["params"]
+  init = lambda k: model_state_lib.init_variables(model, k, dummy)
   if same_init:
     params = init(key)
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_nodes,) + x.shape), params)
@@ -215,15 +219,20 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   data = placement.node_data(x_train, y_train, indices, sizes)
   if model is None:
     model = make_model(config.model.name, dataset.num_classes, _kwargs(config.model),
-                       hidden=config.model.hidden, conv=config.model.conv)
+                       norm=config.model.get("norm", "group"), hidden=config.model.hidden,
+                       conv=config.model.conv)
   root = jax.random.key(config.seed)
-  init_params = placement.build(
-      lambda key: init_node_params(model, dataset.input_shape, n, key, config.model.same_init),
-      jax.random.fold_in(root, _INIT_STREAM))
+  init_params, init_model_state = model_state_lib.split_variables(placement.build(
+      lambda key: init_node_variables(model, dataset.input_shape, n, key, config.model.same_init),
+      jax.random.fold_in(root, _INIT_STREAM)))
   l2 = float(config.model.get("l2", 0.0))
-  loss_fn = make_loss(config.model.name, model, l2)
+  average_stats = config.model.get("average_stats", True)
+  loss_fn, stateful = model_loss(config.model.name, model, init_model_state, l2=l2,
+                                 average_stats=average_stats)
+  calibration = _check_model_state(config, stateful, gossip_step, x_train, shards, config.seed)
   augment = make_augment(config.data.augment, dataset.input_shape,
                          pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
+
   def make_algorithm(overrides: dict | None = None) -> Algorithm:
     """The algorithm of this config; `overrides` ({"algorithm.lr": value, ...}) replace fields of
     the algorithm and variance_correction sections, e.g. with traced values (batched runs)."""
@@ -234,7 +243,8 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                                 BuildContext(loss_fn, n, sizes, mixer=mixer,
                                              seed=_seed(None, config.seed, _MEMBERSHIP_STREAM),
                                              merge_rounds=topology.dense_rounds,
-                                             augment=augment))  # on every local minibatch
+                                             augment=augment,  # on every local minibatch
+                                             model_state=stateful))
     if gossip_step is not None:  # the step reads its key, round and attackers from the round
       algorithm = with_round_context(algorithm, byzantine_N)
     return algorithm._replace(init=functools.partial(placement.build, algorithm.init))
@@ -253,14 +263,46 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                             local_examples=config.eval.local_examples,
                             execution_strategy=config.train.execution,
                             personal_splits=personal,
-                            regression=config.model.name in REGRESSION_MODELS, optimum=optimum)
+                            regression=config.model.name in REGRESSION_MODELS, optimum=optimum,
+                            stateful=stateful is not None, calibration_x=calibration)
+  model_bytes = tree_bytes(jax.tree.map(lambda x: x[0], init_params))
+  if stateful is not None and average_stats:  # the statistics travel with every model
+    model_bytes += tree_bytes(jax.tree.map(lambda x: x[0], init_model_state))
   return Experiment(config, dataset, shards, data, model, topology, algorithm,
                     placement.runner(make_chunk_runner(algorithm, config.train.execution)),
                     evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
-                    tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement,
+                    model_bytes, init_params, placement,
                     personal, optimum, byzantine_N, None if byzantine_N is None else ~byzantine_N,
-                    make_algorithm)
+                    make_algorithm, stateful)
+
+
+def _check_model_state(config, stateful, gossip_step, x_train, shards, seed: int):
+  """The model-state fields against the model; returns the calibration batches [M, B, ...]
+  of eval.recompute_stats_batches (None when 0)."""
+  average_stats = config.model.get("average_stats", True)
+  batches = config.eval.get("recompute_stats_batches", 0)
+  name = config.model.name
+  if stateful is None:
+    if average_stats is not True or batches:
+      raise UserError(f"model.average_stats={average_stats} and eval.recompute_stats_batches="
+                      f"{batches} are for models with state (BatchNorm statistics), but "
+                      f"model.name={name!r} has none; leave them at True and 0.")
+    return None
+  if gossip_step is not None:
+    raise UserError(f"model.name={name!r} has {stateful.kind()}: adversaries and robust "
+                    "aggregation rules (adversary.attack, aggregation.rule) do not support "
+                    "models with state or dropout yet.")
+  if not batches:
+    return None
+  if model_state_lib.STATS not in stateful.collections:
+    raise UserError(f"eval.recompute_stats_batches={batches} re-estimates BatchNorm statistics, "
+                    f"but model.name={name!r} has no {model_state_lib.STATS!r} collection; "
+                    "set it to 0.")
+  batch_size = config.algorithm.batch_size or config.eval.batch_size
+  return model_state_lib.calibration_batches(x_train, shards, num_batches=batches,
+                                             batch_size=batch_size,
+                                             seed=_seed(None, seed, _CALIBRATION_STREAM))
 
 
 def _adversary_and_aggregation(config, topology: topologies.Topology):

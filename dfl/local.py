@@ -31,6 +31,12 @@ Optional per-batch data augmentation: `augment(key, x_B) -> x_B`, applied to eac
 minibatch with the key fold_in(fold_in(node_key, AUGMENT_STREAM), k) (a stream apart from the
 shuffling keys).
 
+Models with state or dropout (`dfl.model_state`): when the loss is a `StatefulLoss`, local_sgd
+takes the node's model state (BatchNorm statistics) and returns it updated: every step runs the
+model in train mode on its minibatch (the lane mask passed to a model that takes one) with the
+dropout key fold_in(fold_in(node_key, DROPOUT_STREAM), k), and a masked no-op step keeps the
+state as it keeps the parameters.
+
 Deviations from the reference trainers: DisPFL keeps one DataLoader per client for the whole
 run (reshuffled every epoch), so its epochs are the same in distribution but not its random
 numbers; a round reads at most MAX_EPOCHS = 254 epochs of a shard (local_steps <= 254 when
@@ -45,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dfl import model_state as model_state_lib
 from dfl.tracing import is_traced
 
 PyTree = object
@@ -55,6 +62,7 @@ GradientFn = Callable[[PyTree, jax.Array, jax.Array, jax.Array], tuple[jax.Array
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 AUGMENT_STREAM = 2**31 - 3  # fold_in tag of the augmentation keys, apart from the epoch keys
+DROPOUT_STREAM = 2**31 - 4  # fold_in tag of the dropout keys (stateful models), likewise
 MAX_EPOCHS = 254  # epochs one round may read: sort key exponents e + 1 stay below inf's 255
 _PADDING_KEY = 255 * 2**23  # the bit pattern of float32 +inf
 
@@ -187,7 +195,9 @@ def make_local_sgd(loss_fn: Callable, optimizer: optax.GradientTransformation, *
                    gradient: Optional[GradientFn] = None,
                    augment: Optional[AugmentFn] = None,
                    max_epochs: Optional[int] = None) -> Callable:
-  """Builds local_sgd(params, opt_state, key, data, lr_scale, num_steps) for one node.
+  """Builds local_sgd(params, opt_state, key, data, lr_scale, num_steps) for one node, or
+  local_sgd(params, opt_state, key, data, lr_scale, num_steps, model_state) for a stateful
+  loss (`dfl.model_state.StatefulLoss`), which returns the updated model state fourth.
 
   Runs `local_steps` optimizer steps (a static count, the scan length) over the node's batch
   stream (module docstring); a node whose own `num_steps` is smaller (local epochs over unequal
@@ -200,42 +210,57 @@ def make_local_sgd(loss_fn: Callable, optimizer: optax.GradientTransformation, *
     optimizer: the local optax chain (`make_optimizer`).
     local_steps: K, the scan length.
     batch_size: B; 0: full batches (every step uses the node's whole shard).
-    gradient: replaces jax.value_and_grad(loss_fn), e.g. `dfl.sam.sam_gradient`.
+    gradient: replaces jax.value_and_grad(loss_fn), e.g. `dfl.sam.sam_gradient`; for a
+      stateful loss gradient(params, x, y, mask, model_state, key) -> (loss, grads,
+      new_model_state), default `dfl.model_state.value_and_grad`.
     augment: optional augment(key, x_B) -> x_B applied to every step's minibatch.
     max_epochs: bound on the epochs a round reads (`batch_stream`); E in local_epochs mode.
 
-  Returns (params, opt_state, mean loss over the steps taken).
+  Returns (params, opt_state, mean loss over the steps taken), and the model state last for a
+  stateful loss.
   """
-  gradient = gradient or jax.value_and_grad(loss_fn)
+  stateful = model_state_lib.is_stateful(loss_fn)
+  if stateful:
+    gradient = gradient or model_state_lib.value_and_grad(loss_fn)
+  else:
+    gradient = gradient or jax.value_and_grad(loss_fn)
 
-  def local_sgd(params, opt_state, key, data: NodeData, lr_scale=1.0, num_steps=None):
+  def local_sgd(params, opt_state, key, data: NodeData, lr_scale=1.0, num_steps=None,
+                model_state=None):
     masked = num_steps is not None  # all nodes take all steps unless told otherwise
     stream = batch_stream(key, data.sizes, data.indices.shape[-1], batch_size=batch_size,
                           num_steps=local_steps, max_epochs=max_epochs)
     augment_key = jax.random.fold_in(key, AUGMENT_STREAM)
+    dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
 
     def step(carry, xs):
-      params, opt_state = carry
+      params, opt_state = carry[:2]
       k, slots_B, mask_B = xs
       rows_B = data.indices[slots_B]
       x_B = data.x[rows_B]
       if augment is not None:
         x_B = augment(jax.random.fold_in(augment_key, k), x_B)
-      loss, grads = gradient(params, x_B, data.y[rows_B], mask_B.astype(jnp.float32))
+      if stateful:
+        loss, grads, new_model_state = gradient(params, x_B, data.y[rows_B],
+                                                mask_B.astype(jnp.float32), carry[2],
+                                                jax.random.fold_in(dropout_key, k))
+      else:
+        loss, grads = gradient(params, x_B, data.y[rows_B], mask_B.astype(jnp.float32))
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       updates = jax.tree.map(lambda u: u * lr_scale, updates)
       new_params = optax.apply_updates(params, updates)
+      new = (new_params, new_opt_state) + ((new_model_state,) if stateful else ())
       if not masked:
-        return (new_params, new_opt_state), loss
+        return new, loss
       active = k < num_steps
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-      return (keep(new_params, params), keep(new_opt_state, opt_state)), jnp.where(active, loss, 0.0)
+      return keep(new, carry), jnp.where(active, loss, 0.0)
 
     xs = (jnp.arange(local_steps), stream.slots, stream.mask)
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), xs)
-    if not masked:
-      return params, opt_state, losses.mean()
-    return params, opt_state, losses.sum() / jnp.maximum(num_steps, 1)
+    carry = (params, opt_state) + ((model_state,) if stateful else ())
+    carry, losses = jax.lax.scan(step, carry, xs)
+    loss = losses.mean() if not masked else losses.sum() / jnp.maximum(num_steps, 1)
+    return carry[:2] + (loss,) + carry[2:]
 
   return local_sgd
 

@@ -21,7 +21,10 @@ an L2 term (model.l2 / 2) ||params||^2 on every parameter when model.l2 > 0, par
 objective f_i (and so of the global minimizer dfl/optimum.py computes).
 Convolutions and 2x2 max-pools come from dfl/layers.py (`conv`: auto | xla | im2col, the
 formulation that runs fast on the backend; the parameters are nn.Conv's either way).
-`vgg11`, `resnet18`: CIFAR models with GroupNorm, in dfl/models_cifar.py.
+`vgg11`, `resnet18`: CIFAR models with GroupNorm, or BatchNorm with model.norm=batch, in
+dfl/models_cifar.py.
+Models with state (BatchNorm statistics) or dropout, built in or a user's, are trained with
+`make_train_loss` (dfl/model_state.py states the module contract); the others with `make_loss`.
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ import optax
 from dfl.errors import UserError
 from dfl.imports import is_import_path, resolve
 from dfl.layers import Conv, max_pool_2x2
-from dfl.models_cifar import resnet18, vgg11
+from dfl.model_state import (ModelState, StatefulLoss, is_stateful_model, takes_argument,
+                             make_train_loss as _make_train_loss)
+from dfl.models_cifar import NORMS, resnet18, vgg11
 
 
 class MLP(nn.Module):
@@ -109,10 +114,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
 }
 
+# Models that take model.norm (group | batch); the others have no normalisation layer.
+NORM_MODELS = frozenset({"vgg11", "resnet18"})
+
 
 def make_model(name: str, num_classes: int, kwargs: Optional[dict] = None,
-               **options) -> nn.Module:
+               norm: str = "group", **options) -> nn.Module:
   """A built-in model (`options`: model.hidden, model.conv) or a user's, by import path.
+
+  `norm` (model.norm): "group" or "batch" for the models in NORM_MODELS; the others refuse
+  "batch".
 
   "package.module:Name" names a flax Module class or a factory returning a Module; it is called
   with `kwargs` (the config's model.kwargs), plus num_classes when it takes that argument and
@@ -127,6 +138,13 @@ def make_model(name: str, num_classes: int, kwargs: Optional[dict] = None,
   if kwargs:
     raise UserError(f"model.kwargs={kwargs} is for models named by import path; the built-in "
                     f"model.name={name!r} takes model.hidden and model.conv.")
+  if norm not in NORMS:
+    raise ValueError(f"Unknown model.norm={norm!r}; valid: {list(NORMS)}.")
+  if name in NORM_MODELS:
+    return MODELS[name](num_classes, norm=norm, **options)
+  if norm != "group":
+    raise ValueError(f"model.norm={norm!r} is for {sorted(NORM_MODELS)}; model.name={name!r} "
+                     "has no normalisation layer: leave model.norm='group'.")
   return MODELS[name](num_classes, **options)
 
 
@@ -186,6 +204,34 @@ def make_loss(name: str, model: nn.Module, l2: float = 0.0) -> Callable:
   if name in REGRESSION_MODELS:
     return squared_error_loss(model, l2)
   return cross_entropy_loss(model, l2)
+
+
+def make_train_loss(name: str, model: nn.Module, collections: tuple, *, takes_mask: bool,
+                    l2: float = 0.0) -> StatefulLoss:
+  """`make_loss` for a model with state or dropout (dfl/model_state.py): loss(params, x, y,
+  mask, model_state, key) -> (value, new_model_state), the same masked-mean objective (plus
+  the same L2 term) computed in train mode."""
+  if name in REGRESSION_MODELS:
+    per_sample = lambda out, y: 0.5 * jnp.square(out[..., 0] - y)
+  else:
+    per_sample = optax.softmax_cross_entropy_with_integer_labels
+  penalty = (lambda params: l2_penalty(params, l2)) if l2 else None
+  return _make_train_loss(model, per_sample, collections=collections, takes_mask=takes_mask,
+                          masked_mean=_masked_mean, penalty=penalty)
+
+
+def model_loss(name: str, model: nn.Module, model_state_N: dict, *, l2: float = 0.0,
+               average_stats: bool = True) -> tuple[Callable, Optional[ModelState]]:
+  """(loss_fn, ModelState or None) for `model` with its initial per-node state (every
+  collection but params, `dfl.model_state.split_variables`): `make_loss` and None for a
+  stateless model (only params, no `train` argument), else `make_train_loss` and the
+  description the algorithms and the evaluator read."""
+  if not is_stateful_model(model, model_state_N):
+    return make_loss(name, model, l2), None
+  collections = tuple(model_state_N)
+  takes_mask = takes_argument(model, "mask")
+  return (make_train_loss(name, model, collections, takes_mask=takes_mask, l2=l2),
+          ModelState(name, collections, takes_mask, model_state_N, average_stats))
 
 
 def cross_entropy_loss(model: nn.Module, l2: float = 0.0) -> Callable:

@@ -10,7 +10,16 @@ al., "The Non-IID Data Quagmire", ICML 2020). GroupNorm normalises each sample o
 has only trainable scale/bias, and so keeps a model a plain parameter pytree: vmapped per-node
 training, gossip and evaluation treat it like any other model. `NORM_GROUPS` = 32 (Wu & He's
 default); every channel width here (64..512) is divisible by it. Param counts (CIFAR-10):
-VGG-11 9,231,114, ResNet-18 11,173,962. No dropout: it would need an RNG in every loss call.
+VGG-11 9,231,114, ResNet-18 11,173,962. No dropout.
+
+`model.norm=batch` swaps every GroupNorm for BatchNorm (`VGGBatchNorm`, `ResNetBatchNorm`), the
+normalisation of DisPFL's vgg.py with batch_norm=True and of torchvision's ResNet: torch's
+defaults, momentum 0.1 (flax momentum 0.9: running = 0.9 running + 0.1 batch) and eps 1e-5,
+scale 1 and bias 0 at init. These models follow the stateful contract of dfl/model_state.py:
+`__call__(x, train=False, mask=None)`, the [B] lane mask keeping the padding lanes of a short
+batch out of the statistics. Their parameters are the GroupNorm models' (same names apart from
+the norm layers', same counts). flax's BatchNorm keeps the biased batch variance in its running
+average, torch the unbiased one.
 
 VGG-11 follows DisPFL's fedml_api/model/cv/vgg.py (rong-dai/DisPFL; the same file is in
 EricLoong/da-dpfl, whose DFedSAM scripts train it), the model of the DFedSAM lineage: each
@@ -23,13 +32,37 @@ fan_out of a [kh, kw, Cin, Cout] kernel is kh·kw·Cout, torch's for [Cout, Cin,
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
+import jax
 
 from dfl.layers import Conv, max_pool_2x2
 
 NORM_GROUPS = 32
+NORMS = ("group", "batch")
+BN_MOMENTUM = 0.9  # torch's momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def batch_norm(train: bool, mask: Optional[jax.Array]) -> Callable:
+  """norm(x) -> BatchNorm(x), its statistics over the lanes where mask [B] is True."""
+  def norm(x):
+    lane_mask = None if mask is None else mask.reshape((-1,) + (1,) * (x.ndim - 1))
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                        epsilon=BN_EPSILON)(x, mask=lane_mask)
+  return norm
+
+
+def _vgg(x, layers, num_classes: int, conv: str, norm: Callable):
+  kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+  for layer in layers:
+    if layer == "M":
+      x = max_pool_2x2(x)
+    else:
+      x = nn.relu(norm(Conv(layer, (3, 3), impl=conv, kernel_init=kaiming_fan_out)(x)))
+  x = x.reshape(x.shape[0], -1)  # [B, 512] after five pools of a 32x32 image
+  return nn.Dense(num_classes, kernel_init=nn.initializers.normal(0.01))(x)
 # VGG-11 ("A"): conv widths, "M" = 2x2 max-pool.
 VGG11_LAYERS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -44,27 +77,33 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-    for layer in self.layers:
-      if layer == "M":
-        x = max_pool_2x2(x)
-      else:
-        x = nn.relu(nn.GroupNorm(num_groups=self.groups)(
-            Conv(layer, (3, 3), impl=self.conv, kernel_init=kaiming_fan_out)(x)))
-    x = x.reshape(x.shape[0], -1)  # [B, 512] after five pools of a 32x32 image
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01))(x)
+    return _vgg(x, self.layers, self.num_classes, self.conv,
+                lambda h: nn.GroupNorm(num_groups=self.groups)(h))
+
+
+class VGGBatchNorm(VGG):
+  """VGG with BatchNorm after every conv (model.norm=batch); stateful (module docstring)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, mask: Optional[jax.Array] = None):
+    return _vgg(x, self.layers, self.num_classes, self.conv, batch_norm(train, mask))
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 convs with GroupNorm; a 1x1 projection on the shortcut when the shape changes."""
+  """Two 3x3 convs with GroupNorm (or BatchNorm); a 1x1 projection on the shortcut when the
+  shape changes."""
   features: int
   stride: int = 1
   groups: int = NORM_GROUPS
   conv: str = "auto"
+  norm: str = "group"
 
   @nn.compact
-  def __call__(self, x):
-    norm = lambda: nn.GroupNorm(num_groups=self.groups)
+  def __call__(self, x, train: bool = False, mask: Optional[jax.Array] = None):
+    if self.norm == "batch":
+      norm = lambda: batch_norm(train, mask)
+    else:
+      norm = lambda: nn.GroupNorm(num_groups=self.groups)
     conv = lambda k, s: Conv(self.features, (k, k), (s, s), use_bias=False, impl=self.conv)
     y = nn.relu(norm()(conv(3, self.stride)(x)))
     y = norm()(conv(3, 1)(y))
@@ -91,9 +130,25 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
-def vgg11(num_classes: int, conv: str = "auto", **_) -> nn.Module:
-  return VGG(VGG11_LAYERS, num_classes, conv=conv)
+class ResNetBatchNorm(ResNet):
+  """ResNet with BatchNorm in place of GroupNorm (model.norm=batch); stateful."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, mask: Optional[jax.Array] = None):
+    stem = Conv(64, (3, 3), use_bias=False, impl=self.conv)
+    x = nn.relu(batch_norm(train, mask)(stem(x)))
+    for stage, blocks in enumerate(self.stage_sizes):
+      for b in range(blocks):
+        stride = 2 if stage > 0 and b == 0 else 1
+        x = BasicBlock(64 * 2**stage, stride, self.groups, self.conv, "batch")(x, train, mask)
+    return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
-def resnet18(num_classes: int, conv: str = "auto", **_) -> nn.Module:
-  return ResNet((2, 2, 2, 2), num_classes, conv=conv)
+def vgg11(num_classes: int, conv: str = "auto", norm: str = "group", **_) -> nn.Module:
+  cls = VGGBatchNorm if norm == "batch" else VGG
+  return cls(VGG11_LAYERS, num_classes, conv=conv)
+
+
+def resnet18(num_classes: int, conv: str = "auto", norm: str = "group", **_) -> nn.Module:
+  cls = ResNetBatchNorm if norm == "batch" else ResNet
+  return cls((2, 2, 2, 2), num_classes, conv=conv)

@@ -53,6 +53,9 @@ COLUMN_STOCHASTIC = _having("column_stochastic")
 # The CHOCO fields of the algorithm section and their defaults (unused elsewhere).
 CHOCO_FIELDS = {h.name: h.default for h in (choco.COMPRESSOR, choco.COMPRESSION_RATIO,
                                             choco.QUANTIZATION_LEVELS, choco.CONSENSUS_STEP)}
+# Algorithms that carry a model's state (BatchNorm statistics) and dropout keys
+# (dfl/model_state.py); the others refuse such a model.
+SUPPORTS_MODEL_STATE = _having("supports_model_state")
 # Algorithms whose rounds may repeat gossip (algorithm.gossip_steps = Q).
 USES_GOSSIP_STEPS = frozenset(registry.users("gossip_steps"))
 # Algorithms whose local optimizer state may be kept across rounds (algorithm.
@@ -63,6 +66,6 @@ USES_KEEP_OPTIMIZER_STATE = frozenset(registry.users("keep_optimizer_state"))
 __all__ = ["Algorithm", "RoundInputs", "RoundMetrics", "BuildContext", "ALGORITHMS",
            "USES_TOPOLOGY", "USES_GOSSIP_STEPS", "USES_MIXER", "STATIC_TOPOLOGY_ONLY",
            "COLUMN_STOCHASTIC", "CHOCO_FIELDS", "ONE_GRADIENT_PER_ROUND",
-           "NO_VARIANCE_CORRECTION", "USES_KEEP_OPTIMIZER_STATE", "LocalWork",
+           "NO_VARIANCE_CORRECTION", "USES_KEEP_OPTIMIZER_STATE", "SUPPORTS_MODEL_STATE", "LocalWork",
            "build_algorithm", "local_work", "used_fields", "batchable_fields",
            "batchable_values", "structural_key", "DEFAULT_LOCAL_STEPS", "DPSGD_LOCAL_STEPS"]

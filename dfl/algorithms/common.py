@@ -167,6 +167,9 @@ def local_options(a, ctx) -> dict:
   optimizer and the batch stream, K defaulting to what a.name declares."""
   default_steps = registry.spec(a.name).hyperparameter("local_steps").default
   work = local_work(a, ctx.shard_sizes, default_steps)
+  stateful = {} if ctx.model_state is None else dict(  # a model with state (dfl/model_state.py)
+      model_state_N=ctx.model_state.init_N, average_stats=ctx.model_state.average_stats)
   return dict(lr=a.lr, local_steps=work.local_steps, batch_size=a.batch_size,
               weight_decay=a.weight_decay, lr_decay=a.lr_decay, clip_norm=a.get("clip_norm"),
-              augment=ctx.augment, num_steps_N=work.num_steps_N, max_epochs=work.max_epochs)
+              augment=ctx.augment, num_steps_N=work.num_steps_N, max_epochs=work.max_epochs,
+              **stateful)

@@ -35,14 +35,16 @@ def dfedavg(loss_fn: Callable, *, lr: float, local_steps: int, batch_size: int,
             momentum: float = 0.0, weight_decay: float = 0.0, lr_decay: float = 1.0,
             mixer: Optional[Mixer] = None, num_steps_N: Optional[jax.Array] = None,
             keep_optimizer_state: bool = False, clip_norm: Optional[float] = None,
-            augment: Optional[AugmentFn] = None, max_epochs: Optional[int] = None) -> Algorithm:
+            augment: Optional[AugmentFn] = None, max_epochs: Optional[int] = None,
+            model_state_N=None, average_stats: bool = True) -> Algorithm:
   """Builds DFedAvg (momentum 0) or DFedAvgM; arguments as in `dfl.algorithms.dfedsam.dfedsam`."""
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
                              clip_norm=clip_norm)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
                              augment=augment, max_epochs=max_epochs)
   return local_then_gossip(local_sgd, optimizer, reset_optimizer=not keep_optimizer_state,
-                           lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N)
+                           lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N,
+                           model_state_N=model_state_N, average_stats=average_stats)
 
 
 def _check_no_momentum(a) -> None:
@@ -63,14 +65,15 @@ _NO_MOMENTUM = dataclasses.replace(common.MOMENTUM, batchable=False, check=_chec
 
 
 @registry.register("dfedavg", uses_topology=True, uses_mixer=True,
-                   hyperparameters=(*_LOCAL, _NO_MOMENTUM))
+                   supports_model_state=True, hyperparameters=(*_LOCAL, _NO_MOMENTUM))
 def build_dfedavg(a, ctx) -> Algorithm:
   return dfedavg(ctx.loss_fn, momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,
                  keep_optimizer_state=a.get("keep_optimizer_state", False),
                  **common.local_options(a, ctx))
 
 
-@registry.register("dfedavgm", uses_topology=True, uses_mixer=True, hyperparameters=(
+@registry.register("dfedavgm", uses_topology=True, uses_mixer=True,
+                   supports_model_state=True, hyperparameters=(
     *_LOCAL, dataclasses.replace(common.MOMENTUM, default=0.9, check=_check_momentum_m)))
 def build_dfedavgm(a, ctx) -> Algorithm:
   return dfedavg(ctx.loss_fn, momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,

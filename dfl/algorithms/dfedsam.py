@@ -30,7 +30,7 @@ from dfl.algorithms.base import Algorithm
 from dfl.algorithms.local_then_gossip import Mixer, local_then_gossip
 from dfl.hyperparameters import require
 from dfl.local import AugmentFn, make_local_sgd, make_optimizer
-from dfl.sam import sam_gradient
+from dfl.sam import make_sam_gradient
 
 
 def dfedsam(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, batch_size: int,
@@ -38,7 +38,8 @@ def dfedsam(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, batch
             lr_decay: float = 1.0, mixer: Optional[Mixer] = None,
             num_steps_N: Optional[jax.Array] = None, keep_optimizer_state: bool = False,
             clip_norm: Optional[float] = None, augment: Optional[AugmentFn] = None,
-            max_epochs: Optional[int] = None) -> Algorithm:
+            max_epochs: Optional[int] = None, model_state_N=None,
+            average_stats: bool = True) -> Algorithm:
   """Builds DFedSAM (gossip_steps = 1) or its multi-gossip variant (gossip_steps = Q).
 
   Args:
@@ -58,15 +59,20 @@ def dfedsam(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, batch
     clip_norm: clip the gradient to this global L2 norm (None: no clipping).
     augment: optional augment(key, x_B) -> x_B applied to every local minibatch.
     max_epochs: bound on the epochs a round reads (E in local_epochs mode; None: K).
+    model_state_N: the nodes' initial model states for a model with state (BatchNorm
+      statistics; `loss_fn` is then a `dfl.model_state.StatefulLoss`), None for a plain one.
+    average_stats: gossip mixes the model states with W like the parameters (False: each node
+      keeps its own).
   """
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
                              clip_norm=clip_norm)
   local_sam = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
-                             gradient=sam_gradient(loss_fn, rho), augment=augment,
+                             gradient=make_sam_gradient(loss_fn, rho), augment=augment,
                              max_epochs=max_epochs)
   return local_then_gossip(local_sam, optimizer, gossip_steps=gossip_steps,
                            reset_optimizer=not keep_optimizer_state, lr_decay=lr_decay,
-                           mixer=mixer, num_steps_N=num_steps_N)
+                           mixer=mixer, num_steps_N=num_steps_N, model_state_N=model_state_N,
+                           average_stats=average_stats)
 
 
 def _check_one_gossip_step(a) -> None:
@@ -79,7 +85,8 @@ def _check_one_gossip_step(a) -> None:
 _ONE_GOSSIP_STEP = dataclasses.replace(common.GOSSIP_STEPS, check=_check_one_gossip_step)
 
 
-@registry.register("dfedsam", uses_topology=True, uses_mixer=True, hyperparameters=(
+@registry.register("dfedsam", uses_topology=True, uses_mixer=True,
+                   supports_model_state=True, hyperparameters=(
     *common.LOCAL_UPDATE, common.RHO, _ONE_GOSSIP_STEP, common.MOMENTUM,
     common.KEEP_OPTIMIZER_STATE))
 def build(a, ctx) -> Algorithm:

@@ -30,7 +30,8 @@ def dfedsam_mgs(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, b
                 weight_decay: float = 0.0, lr_decay: float = 1.0, mixer: Optional[Mixer] = None,
                 num_steps_N: Optional[jax.Array] = None, keep_optimizer_state: bool = False,
                 clip_norm: Optional[float] = None, augment: Optional[AugmentFn] = None,
-                max_epochs: Optional[int] = None) -> Algorithm:
+                max_epochs: Optional[int] = None, model_state_N=None,
+                average_stats: bool = True) -> Algorithm:
   """Builds DFedSAM-MGS: DFedSAM's local SAM phase, then Q = `gossip_steps` gossip steps.
 
   Arguments as in `dfl.algorithms.dfedsam.dfedsam`; `gossip_steps` must be >= 1.
@@ -41,10 +42,12 @@ def dfedsam_mgs(loss_fn: Callable, *, lr: float, rho: float, local_steps: int, b
                  gossip_steps=gossip_steps, momentum=momentum, weight_decay=weight_decay,
                  lr_decay=lr_decay, mixer=mixer, num_steps_N=num_steps_N,
                  keep_optimizer_state=keep_optimizer_state, clip_norm=clip_norm, augment=augment,
-                 max_epochs=max_epochs)
+                 max_epochs=max_epochs, model_state_N=model_state_N,
+                 average_stats=average_stats)
 
 
-@registry.register("dfedsam_mgs", uses_topology=True, uses_mixer=True, hyperparameters=(
+@registry.register("dfedsam_mgs", uses_topology=True, uses_mixer=True,
+                   supports_model_state=True, hyperparameters=(
     *common.LOCAL_UPDATE, common.RHO, common.GOSSIP_STEPS.with_default(PAPER_GOSSIP_STEPS),
     common.MOMENTUM, common.KEEP_OPTIMIZER_STATE))
 def build(a, ctx) -> Algorithm:

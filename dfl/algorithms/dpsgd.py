@@ -32,17 +32,20 @@ def dpsgd(loss_fn: Callable, *, lr: float, batch_size: int, local_steps: int = 1
           momentum: float = 0.0, weight_decay: float = 0.0, lr_decay: float = 1.0,
           mixer: Optional[Mixer] = None, num_steps_N: Optional[jax.Array] = None,
           clip_norm: Optional[float] = None, augment: Optional[AugmentFn] = None,
-          max_epochs: Optional[int] = None) -> Algorithm:
+          max_epochs: Optional[int] = None, model_state_N=None,
+          average_stats: bool = True) -> Algorithm:
   """Builds D-PSGD; arguments as in `dfl.algorithms.dfedsam.dfedsam` (K = local_steps)."""
   optimizer = make_optimizer(lr=lr, momentum=momentum, weight_decay=weight_decay,
                              clip_norm=clip_norm)
   local_sgd = make_local_sgd(loss_fn, optimizer, local_steps=local_steps, batch_size=batch_size,
                              augment=augment, max_epochs=max_epochs)
   return local_then_gossip(local_sgd, optimizer, reset_optimizer=False, lr_decay=lr_decay,
-                           mixer=mixer, num_steps_N=num_steps_N)
+                           mixer=mixer, num_steps_N=num_steps_N, model_state_N=model_state_N,
+                           average_stats=average_stats)
 
 
-@registry.register("dpsgd", uses_topology=True, uses_mixer=True, hyperparameters=(
+@registry.register("dpsgd", uses_topology=True, uses_mixer=True,
+                   supports_model_state=True, hyperparameters=(
     *common.local_update(common.ONE_LOCAL_STEP), common.MOMENTUM))
 def build(a, ctx) -> Algorithm:
   return dpsgd(ctx.loss_fn, momentum=registry.resolved(a, "momentum"), mixer=ctx.mixer,

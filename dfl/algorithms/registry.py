@@ -58,6 +58,9 @@ class BuildContext(NamedTuple):
   seed: int = 0  # for choices made when building (which nodes leave or fail in MoDeST)
   merge_rounds: tuple = ()  # a schedule's dense rounds: mixed with the topology's W as given
   augment: Optional[Callable] = None  # augment(key, x_B) -> x_B on every local minibatch
+  # A model with state or dropout (dfl/model_state.py): its description, initial states and
+  # average_stats; loss_fn is then a StatefulLoss. None: a plain model.
+  model_state: Optional[Any] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,8 @@ class AlgorithmSpec:
     column_stochastic: needs a column-stochastic W (and may use column_uniform weights).
     one_gradient_per_round: takes exactly one gradient per round.
     no_variance_correction: variance-corrected mixing would break its corrections.
+    supports_model_state: carries a model's state (BatchNorm statistics) and dropout keys
+      (dfl/model_state.py); the others refuse such a model.
   """
   name: str
   build: Callable[..., Algorithm]
@@ -90,6 +95,7 @@ class AlgorithmSpec:
   column_stochastic: bool = False
   one_gradient_per_round: bool = False
   no_variance_correction: bool = False
+  supports_model_state: bool = False
 
   def hyperparameter(self, field: str) -> Hyperparameter:
     for h in self.hyperparameters:
@@ -219,11 +225,23 @@ def check_section(a, num_nodes: int) -> None:
       require(message is None, message)
 
 
+def check_model_state(algorithm_name: str, model_state) -> None:
+  """A model with state or dropout needs an algorithm that carries it."""
+  if model_state is None or (not is_import_path(algorithm_name) and
+                             spec(algorithm_name).supports_model_state):
+    return
+  carriers = sorted(n for n, s in _SPECS.items() if s.supports_model_state)
+  raise UserError(f"model.name={model_state.name!r} has {model_state.kind()}, which "
+                  f"algorithm.name={algorithm_name!r} does not carry; use one of "
+                  f"{carriers}, or a model without state.")
+
+
 def build_algorithm(algorithm_config, ctx: BuildContext) -> Algorithm:
   """The registered builder of algorithm.name (after the algorithm's own checks), or a user's
   builder named by import path ("package.module:builder", called as builder(algorithm_config,
   ctx) like the ones here)."""
   name = algorithm_config.name
+  check_model_state(name, ctx.model_state)
   if is_import_path(name):
     algorithm = resolve(name, "algorithm.name")(algorithm_config, ctx)
     if not (callable(getattr(algorithm, "init", None)) and

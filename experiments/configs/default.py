@@ -50,6 +50,12 @@ def get_config():
   # is built with these keyword arguments (plus num_classes when it takes it).
   c.model.kwargs = config_dict.ConfigDict()
   c.model.same_init = True  # all nodes start from one initialisation (False: independent inits)
+  # vgg11 / resnet18 normalisation: group (GroupNorm, stateless) | batch (BatchNorm: per-node
+  # running statistics carried in the state, dfl/model_state.py)
+  c.model.norm = "group"
+  # A model with state (BatchNorm statistics): gossip mixes the statistics with the same W as
+  # the parameters, the FedAvg server averages them (False: each node keeps its own)
+  c.model.average_stats = True
 
   c.topology = config_dict.ConfigDict()
   c.topology.name = "ring"  # any of topologies.NAMES; `python -m topologies --table` lists them
@@ -177,6 +183,9 @@ def get_config():
   c.eval.batch_size = 1000
   c.eval.local_examples = 2000  # test samples for each node's own model (0 = all)
   c.eval.personal_test = False  # also test on per-node splits with the train label mix
+  # Training batches that re-estimate the node-averaged model's BatchNorm statistics before it
+  # is evaluated (as the single-merge reference does; 0 = off: the nodes' mean statistics)
+  c.eval.recompute_stats_batches = 0
 
   c.logging = config_dict.ConfigDict()
   c.logging.tensorboard = False  # also write TensorBoard events to workdir/tensorboard/

@@ -134,13 +134,11 @@ def test_data_and_graph_settings_are_per_run_data(tmp_path):
 
 
 def test_runs_that_differ_in_structure_go_to_separate_batches(tmp_path):
-  # D-PSGD with K = 2 local steps and no momentum is DFedAvg's program (dfl/algorithms/dpsgd.py):
-  # the equations decide, not the names.
   configs = [tiny_config(algorithm__lr=0.1), tiny_config(algorithm__local_steps=3),
              tiny_config(algorithm__lr=0.3), tiny_config(algorithm__name="gossip"),
              tiny_config(algorithm__name="dpsgd", algorithm__lr=0.2)]
   exps = [build_experiment(c) for c in configs]
-  assert compatible_groups(exps) == [[0, 2, 4], [1], [3]]
+  assert compatible_groups(exps) == [[0, 2], [1], [3], [4]]
   with pytest.raises(IncompatibleRuns, match="different round program"):
     RunBatch(exps[:2])._program(*_first_chunk(RunBatch(exps[:2])))
   outcomes, workdirs = run_batch(configs, tmp_path)
