@@ -4,7 +4,7 @@
 
 For every graph (a random 4-regular graph and a ring), aggregation rule, attack and Byzantine
 fraction it trains the same setting (20 nodes, DFedAvg, logistic regression on scikit-learn's
-digits, iid shards, 50 rounds) for 3 seeds in one program (`dfl.batched`, the seeds' attackers
+digits, iid shards, 50 rounds) for 3 seeds in one program (`dfl.train.train_and_evaluate_batch`, the seeds' attackers
 differ: each seed draws its own), and reports the final test accuracy of the honest nodes'
 average model (`test_accuracy_honest`) and their mean local accuracy, mean ± std over seeds.
 Fraction 0 is run once per graph and rule (no attacker: every attack gives the same run).
@@ -69,7 +69,8 @@ def make_config(graph: str, rule: str, attack: str, fraction: float):
 
 
 def run_setting(out: str, graph: str, rule: str, attack: str, fraction: float, seeds):
-  from dfl.batched import train_and_evaluate_seeds
+  import copy
+  from dfl.train import train_and_evaluate_batch
   name = f"{graph}/{rule}/{attack}/f={fraction}"
   workdirs = [os.path.join(out, "runs", name, f"seed={s}") for s in seeds]
   done = [os.path.join(w, "summary.json") for w in workdirs]
@@ -78,7 +79,13 @@ def run_setting(out: str, graph: str, rule: str, attack: str, fraction: float, s
   else:
     config = make_config(graph, rule, attack, fraction)
     config.checkpoint.fresh = True
-    summaries = train_and_evaluate_seeds(config, seeds, workdirs)
+    configs = [copy.deepcopy(config) for _ in seeds]
+    for c, seed in zip(configs, seeds):
+      c.seed = seed
+    summaries = train_and_evaluate_batch(configs, workdirs)
+    failed = [s for s in summaries if isinstance(s, BaseException)]
+    if failed:
+      raise failed[0]
   honest = [s["final_test_accuracy_honest"] for s in summaries]
   local = [s["final_test_accuracy_honest_local_mean"] for s in summaries]
   return {"graph": graph, "rule": rule, "attack": attack, "fraction": fraction,

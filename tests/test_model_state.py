@@ -17,7 +17,7 @@ from dfl.errors import UserError
 from dfl.experiment import build_experiment
 from dfl.local import NodeData, make_local_sgd, make_optimizer
 from dfl.models import make_model, make_train_loss
-from dfl.train import _mixing_source, train_and_evaluate
+from dfl.train import train_and_evaluate
 from tests._stateful_models import MOMENTUM, WithDropout
 from tests.conftest import tiny_config
 
@@ -35,9 +35,7 @@ def _config(**overrides):
 
 def _run(exp, rounds: int):
   state = exp.algorithm.init(exp.init_params)
-  mixing, per_round = _mixing_source(exp)(0, rounds)
-  state, _ = exp.run_chunk(state, exp.data, exp.train_key, jnp.arange(rounds, dtype=jnp.int32),
-                           mixing, per_round)
+  state, _ = exp.run_rounds(state, 0, rounds)
   return state
 
 
