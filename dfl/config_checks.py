@@ -19,6 +19,8 @@ from dfl.imports import is_import_path
 from dfl.local import MAX_EPOCHS
 from dfl.data.partition import PARTITIONS
 from dfl.membership import parse_schedule
+from dfl.system import deadline as system_deadline
+from dfl.system import model as system_model
 from dfl.layers import CONV_IMPLS
 from dfl.models import MODELS, REGRESSION_MODELS
 
@@ -157,9 +159,10 @@ def validate_config(config) -> None:
            f"algorithm.aggregation_weights={a.aggregation_weights!r} is only used by "
            f"{sorted(USES_AGGREGATION_WEIGHTS)}, not algorithm.name={a.name!r}; leave it "
            "'uniform'.")
-  if a.name == "gossip":
+  if a.name in ("gossip", "async_gossip"):
     _require(0 <= a.self_weight < 1,
-             f"algorithm.self_weight must be in [0, 1) for gossip, got {a.self_weight}.")
+             f"algorithm.self_weight must be in [0, 1) for {a.name}, got {a.self_weight}.")
+  _validate_system(config)
   _validate_variance_correction(config.get("variance_correction"), a.name)
   _validate_adversary(config)
   _require(isinstance(config.mesh.devices, int) and config.mesh.devices >= 0,
@@ -171,6 +174,28 @@ def validate_config(config) -> None:
            f"SIGTERM/SIGINT), got {ck.every_rounds!r}.")
   _require(isinstance(ck.max_to_keep, int) and ck.max_to_keep >= 1,
            f"checkpoint.max_to_keep must be an integer >= 1, got {ck.max_to_keep!r}.")
+
+
+def _validate_system(config) -> None:
+  """The `system` section (dfl/system/model.py) and async_gossip's interval jitter."""
+  a, system = config.algorithm, config.get("system")
+  jitter = a.get("interval_jitter", 0.0)
+  _require(a.name == "async_gossip" or jitter == 0.0,
+           f"algorithm.interval_jitter={jitter} is only used by algorithm.name='async_gossip', "
+           f"not {a.name!r}; leave it 0.")
+  _require(isinstance(jitter, (int, float)) and 0 <= jitter < 1,
+           f"algorithm.interval_jitter must be in [0, 1), got {jitter!r}.")
+  system_model.check_section(system, config.num_nodes)
+  if system is None or not system.enabled:
+    return
+  if system.deadline_seconds > 0:
+    _require(a.name in system_deadline.SUPPORTS_DEADLINE,
+             f"system.deadline_seconds={system.deadline_seconds} acts inside the rounds of "
+             f"{sorted(system_deadline.SUPPORTS_DEADLINE)}, not algorithm.name={a.name!r}; "
+             "leave it 0.")
+  _require(a.name == "async_gossip" or system.tick_seconds == 0.0,
+           f"system.tick_seconds={system.tick_seconds} is only used by algorithm.name="
+           f"'async_gossip', not {a.name!r}; leave it 0.")
 
 
 def _validate_choco(a) -> None:

@@ -35,11 +35,12 @@ from dfl.mixing import DenseMixing, SparseMixing, tree_bytes
 from dfl.models import REGRESSION_MODELS, make_loss, make_model
 from dfl.optimum import global_optimum
 from dfl.sharding import NodePlacement, make_placement
+from dfl.system import setup as system_setup
 from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
-_MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM, _ADVERSARY_STREAM = 4, 5, 6
+_MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM, _ADVERSARY_STREAM, _SYSTEM_STREAM = 4, 5, 6, 7
 
 
 @dataclasses.dataclass
@@ -62,6 +63,8 @@ class Experiment:
   optimum: Any = None  # the global objective's minimizer x* (one node's params), if computed
   byzantine_N: Any = None  # [N] bool: the adversary's nodes (None: no adversary configured)
   honest_N: Any = None  # [N] bool: the others, whose figures evaluate() adds
+  system: Any = None  # dfl.system.model.SystemModel (None: system.enabled=False)
+  samples_N: Any = None  # [N] samples a node reads in a round it trains (with a system model)
 
 
 def _seed(override, seed: int, stream: int) -> int:
@@ -193,13 +196,20 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   loss_fn = make_loss(config.model.name, model, l2)
   augment = make_augment(config.data.augment, dataset.input_shape,
                          pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
+  model_bytes = tree_bytes(jax.tree.map(lambda x: x[0], init_params))
+  system = system_setup.build(config, sizes, topology, model_bytes, _seed(
+      config.get("system", {}).get("seed"), config.seed, _SYSTEM_STREAM))
+  mixer = gossip_step or build_mixer(config.get("variance_correction"))
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
     algorithm = build_algorithm(config.algorithm, BuildContext(
-        loss_fn, n, sizes, mixer=gossip_step or build_mixer(config.get("variance_correction")),
+        loss_fn, n, sizes, mixer=system_setup.mixer(system, config, mixer),
         seed=_seed(None, config.seed, _MEMBERSHIP_STREAM), merge_rounds=topology.dense_rounds,
-        augment=augment))  # applied to every local minibatch by dfl/local.py
+        augment=augment,  # applied to every local minibatch by dfl/local.py
+        node_seconds=None if system is None else system.node_seconds_N,
+        tick_seconds=0.0 if system is None else system.model.tick_seconds))
   if gossip_step is not None:  # the step reads its key, round and attackers from the round
     algorithm = with_round_context(algorithm, byzantine_N)
+  algorithm = system_setup.wrap(system, config, algorithm, model_bytes)  # round deadline
   algorithm = algorithm._replace(init=functools.partial(placement.build, algorithm.init))
   personal = None
   if config.eval.personal_test:
@@ -217,9 +227,10 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   return Experiment(config, dataset, shards, data, model, topology, algorithm,
                     placement.runner(make_chunk_runner(algorithm, config.train.execution)),
                     evaluate,
-                    jax.random.fold_in(root, _TRAIN_STREAM),
-                    tree_bytes(jax.tree.map(lambda x: x[0], init_params)), init_params, placement,
-                    personal, optimum, byzantine_N, None if byzantine_N is None else ~byzantine_N)
+                    jax.random.fold_in(root, _TRAIN_STREAM), model_bytes, init_params, placement,
+                    personal, optimum, byzantine_N, None if byzantine_N is None else ~byzantine_N,
+                    None if system is None else system.model,
+                    None if system is None else system.samples_N)
 
 
 def _adversary_and_aggregation(config, topology: topologies.Topology):

@@ -34,6 +34,7 @@ from dfl.experiment import Experiment, build_experiment, mixing_operator, use_sp
 from dfl.metric_writers import TENSORBOARD_SUBDIR, MultiWriter, make_metric_writer
 from dfl.progress import progress_bar
 from dfl.sharding import initialize_distributed, is_main_process
+from dfl.system.clock import make_clock  # system clock
 from dfl.workdir_lock import WorkdirLock, WorkdirLocked, read_holder
 
 class CommCounter:
@@ -110,17 +111,18 @@ class CommCounter:
 
 
 def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCounter,
-                      wall: float) -> dict:
+                      wall: float, clock=None) -> dict:  # system clock
   """One line of metrics.jsonl from the evaluator's figures (host values)."""
   return {"round": round_done, **{k: float(v) for k, v in figures.items()},
           "train_loss": None if train_loss is None else float(train_loss),
-          **comm.as_dict(), "wall_seconds": round(wall, 3)}
+          **comm.as_dict(), **(clock.as_dict() if clock else {}),  # system clock
+          "wall_seconds": round(wall, 3)}  # system clock
 
 
 def _evaluation_record(exp: Experiment, state, round_done: int, train_loss, comm: CommCounter,
-                       wall: float) -> dict:
+                       wall: float, clock=None) -> dict:  # system clock
   figures = jax.device_get(exp.evaluate(state.params, exp.honest_N))
-  return evaluation_record(figures, round_done, train_loss, comm, wall)
+  return evaluation_record(figures, round_done, train_loss, comm, wall, clock)  # system clock
 
 
 # Figures on the per-node test splits (eval.personal_test), in metrics.jsonl when enabled.
@@ -190,6 +192,7 @@ class Progress:
   comm: CommCounter
   wall_offset: float  # seconds earlier processes spent on this run, up to their checkpoint
   records: list  # the evaluation records so far, as in metrics.jsonl
+  clock: Any = None  # system clock: dfl.system.clock.SimClock, None when system.enabled=False
 
 
 OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", TENSORBOARD_SUBDIR)
@@ -246,6 +249,7 @@ def start_or_resume(exp: Experiment, workdir: str, checkpoints: checkpoint.RunCh
   now = run_config_dict(checkpoint.config_to_dict(config))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   comm = CommCounter(config.num_nodes, exp.model_bytes)
+  clock = make_clock(exp)  # system clock
   initial = exp.algorithm.init(exp.init_params)
 
   def check(meta: dict) -> None:
@@ -267,18 +271,22 @@ def start_or_resume(exp: Experiment, workdir: str, checkpoints: checkpoint.RunCh
     _check_previous_config(workdir, now)
     if main:
       checkpoint.write_jsonl_atomic(metrics_path, [])  # _run_chunks logs round 0 first
-    first = [_evaluation_record(exp, initial, 0, None, comm, 0.0)] if evaluate_start else []
-    return Progress(0, initial, comm, 0.0, first)
+    first = ([_evaluation_record(exp, initial, 0, None, comm, 0.0, clock)]  # system clock
+             if evaluate_start else [])
+    return Progress(0, initial, comm, 0.0, first, clock)  # system clock
   if restored.round > config.train.rounds:
     raise ValueError(f"train.rounds={config.train.rounds} is below the round of the newest "
                      f"checkpoint ({restored.round}) in {checkpoints.directory}; use a new "
                      "--workdir or --config.checkpoint.fresh=True for a shorter run.")
   comm.load_state_dict(restored.meta["comm"])
+  if clock is not None:  # system clock
+    clock.load_state_dict(restored.meta["clock"])  # system clock
   records = checkpoint.rewind_metrics(metrics_path, restored.round, restored.meta["record"],
                                       write=main)
   print(f"resuming from the checkpoint of round {restored.round} in {checkpoints.directory}",
         file=sys.stderr, flush=True)
-  return Progress(restored.round, restored.state, comm, restored.meta["wall_seconds"], records)
+  return Progress(restored.round, restored.state, comm, restored.meta["wall_seconds"], records,
+                  clock)  # system clock
 
 
 def chunk_end(exp: Experiment, begin: int) -> int:
@@ -342,6 +350,8 @@ def _run_chunk(exp: Experiment, progress: Progress, end: int, mixing_for: Callab
     raise _divergence_error(exp, begin, end, loss_R, bad_nodes, checkpoints.latest_round())
   progress.state, progress.round = state, end
   progress.comm.add(metrics)
+  if progress.clock is not None:  # system clock
+    progress.clock.add(metrics)  # system clock
   return float(np.mean(loss_R))
 
 
@@ -367,14 +377,17 @@ def _run_chunks(exp: Experiment, progress: Progress, workdir: str,
       end = chunk_end(exp, begin)
       train_loss = _run_chunk(exp, progress, end, mixing_for, checkpoints)
       wall = progress.wall_offset + time.perf_counter() - start
-      record = _evaluation_record(exp, progress.state, end, train_loss, progress.comm, wall)
+      record = _evaluation_record(exp, progress.state, end, train_loss, progress.comm, wall,
+                                  progress.clock)  # system clock
       progress.records.append(record)
       writer.write(record)
       checkpoint.self_signal_hook(end, "evaluated", checkpoints)
       preempted = guard.signum is not None and end < rounds
       if preempted or checkpoint_due(config, begin, end):
+        clock = {"clock": progress.clock.state_dict()} if progress.clock else {}  # system clock
         checkpoints.save(end, progress.state, {**meta, "comm": progress.comm.state_dict(),
-                                                "wall_seconds": wall, "record": record})
+                                                "wall_seconds": wall, "record": record,
+                                                **clock})  # system clock
         checkpoint.self_signal_hook(end, "saving", checkpoints)
       bar.update(end - begin)
       short, _, value = headline(record)

@@ -16,6 +16,7 @@ from dfl.algorithms.choco import choco
 from dfl.algorithms.dfedavg import dfedavg
 from dfl.algorithms.dfedsam import dfedsam
 from dfl.algorithms.dfedsam_mgs import PAPER_GOSSIP_STEPS, dfedsam_mgs
+from dfl.algorithms import async_gossip as _async_gossip_module
 from dfl.algorithms import exact_diffusion as _exact_diffusion_module
 from dfl.algorithms import gradient_tracking as _gradient_tracking_module
 from dfl.algorithms import qgm as _qgm_module
@@ -38,6 +39,10 @@ class BuildContext(NamedTuple):
   seed: int = 0  # for choices made when building (which nodes leave or fail in MoDeST)
   merge_rounds: tuple = ()  # a schedule's dense rounds: mixed with the topology's W as given
   augment: Optional[Callable] = None  # augment(key, x_B) -> x_B on every local minibatch
+  # The system model's per-node seconds of one local phase plus sending to the neighbours
+  # (dfl/system), and the tick of async_gossip (0: the fastest node's); None without one.
+  node_seconds: Optional[np.ndarray] = None
+  tick_seconds: float = 0.0
 
 
 # algorithm.local_steps = None means the algorithm's own default K.
@@ -180,11 +185,12 @@ ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
     "gradient_tracking": _gradient_tracking_module.build,
     "exact_diffusion": _exact_diffusion_module.build,
     "qgm": _qgm_module.build,
+    "async_gossip": _async_gossip_module.build,
 }
 
 # Algorithms that communicate over the topology's graph (the others ignore W).
 USES_TOPOLOGY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "gossip", "choco",
-                 "push_sum", "gradient_tracking", "exact_diffusion", "qgm"}
+                 "push_sum", "gradient_tracking", "exact_diffusion", "qgm", "async_gossip"}
 
 # Algorithms that take exactly one gradient per round (algorithm.local_steps unset or 1).
 ONE_GRADIENT_PER_ROUND = {"exact_diffusion", "qgm"}
@@ -194,8 +200,9 @@ NO_VARIANCE_CORRECTION = {"gradient_tracking", "exact_diffusion", "qgm"}
 
 # Gossip algorithms whose exchange is a plain gossip step that `BuildContext.mixer` (variance
 # correction) may replace; CHOCO mixes public copies and push-sum numerators instead, and the
-# tracking / diffusion / quasi-global-momentum corrections assume the plain W.
-USES_MIXER = USES_TOPOLOGY - {"choco", "push_sum"} - NO_VARIANCE_CORRECTION
+# tracking / diffusion / quasi-global-momentum corrections assume the plain W; async_gossip
+# averages its own buffers.
+USES_MIXER = USES_TOPOLOGY - {"choco", "push_sum", "async_gossip"} - NO_VARIANCE_CORRECTION
 
 # Algorithms that hold copies of their neighbours' state and so need a fixed graph (no
 # time-varying topology, no schedule).
