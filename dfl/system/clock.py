@@ -114,7 +114,9 @@ def modest_round(system: SystemModel, samples_N, sent_N, message_bytes: float, t
     if trained_N[i]:
       ready = max(ready, float(upload_done_N[i]))
     downloads = int(sent_N[i] - uploads_N[i])
-    end = max(end, ready + float(_upload(system, [downloads], message_bytes)[0]))
+    send = (system.latency_N[i] + downloads * message_bytes / system.bandwidth_N[i]
+            if downloads > 0 else 0.0)
+    end = max(end, ready + float(send))
   return end
 
 
