@@ -193,6 +193,13 @@ def _validate_system(config) -> None:
              f"system.deadline_seconds={system.deadline_seconds} acts inside the rounds of "
              f"{sorted(system_deadline.SUPPORTS_DEADLINE)}, not algorithm.name={a.name!r}; "
              "leave it 0.")
+  _require(a.name != "async_gossip" or system.compute_jitter == 0.0,
+           f"system.compute_jitter={system.compute_jitter} varies synchronous rounds; "
+           "algorithm.name='async_gossip' draws its own intervals: use algorithm.interval_jitter "
+           "and leave system.compute_jitter 0.")
+  _require(system.late_updates == "drop" or system.deadline_seconds > 0,
+           f"system.late_updates={system.late_updates!r} only acts with a round deadline; set "
+           "system.deadline_seconds > 0 or leave it 'drop'.")
   _require(a.name == "async_gossip" or system.tick_seconds == 0.0,
            f"system.tick_seconds={system.tick_seconds} is only used by algorithm.name="
            f"'async_gossip', not {a.name!r}; leave it 0.")

@@ -25,7 +25,9 @@ Periods: p_i = T_i / dt ticks, T_i = node i's time for one local phase plus send
 its d_i neighbours (the synchronous clock's per-node formula, dfl/system/clock.py) and dt =
 system.tick_seconds (0: the fastest node's T_i, so it fires every tick); without the system
 model every p_i = 1 (one event per node and tick). A node fires at most once per tick: an event
-due while it is still in the tick runs in the next one. Every node's first event is at tick 0
+due while it is still in the tick runs in the next one, and a node whose T_i is shorter than a
+longer tick chosen by system.tick_seconds is slowed to one event per tick (p_i = max(1, T_i/dt)),
+a cost bound for very heterogeneous populations that favours the synchronous side. Every node's first event is at tick 0
 (DFL_torch's gossip preset).
 
 Reduction: with equal periods of one tick and j = 0 every node trains and averages every tick,
@@ -158,8 +160,9 @@ def async_gossip(loss_fn: Callable, *, lr: float, local_steps: int, batch_size: 
 
 
 def periods_in_ticks(node_seconds_N: Optional[np.ndarray], tick_seconds: float) -> tuple:
-  """(p_N, dt): p_i = T_i / dt with dt = tick_seconds, or the fastest T_i when 0; without a
-  system model (None) every period is one tick of one (unit) second."""
+  """(p_N, dt): p_i = max(1, T_i / dt) with dt = tick_seconds, or the fastest T_i when 0 (then no
+  node is capped); without a system model (None) every period is one tick of one (unit)
+  second. A node faster than the tick fires once per tick: it is slowed to the tick."""
   if node_seconds_N is None:
     return None, 1.0
   seconds_N = np.asarray(node_seconds_N, np.float64)
@@ -167,12 +170,7 @@ def periods_in_ticks(node_seconds_N: Optional[np.ndarray], tick_seconds: float) 
   if dt <= 0:
     raise ValueError("async_gossip needs node periods > 0 seconds; the system model gives a "
                      f"fastest node period of {seconds_N.min()} s.")
-  if dt > seconds_N.min() * (1 + 1e-9):
-    raise ValueError(f"system.tick_seconds={tick_seconds} is longer than the fastest node's "
-                     f"period ({seconds_N.min():.6g} s: one local phase and sending to its "
-                     "neighbours); a node fires at most once per tick: use a shorter tick, or 0 "
-                     "(the fastest period).")
-  return seconds_N / dt, dt
+  return np.maximum(seconds_N / dt, 1.0), dt
 
 
 def build(a, ctx) -> Algorithm:

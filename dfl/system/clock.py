@@ -37,6 +37,9 @@ FedAvg round min(D, max_k(...)) + the broadcast; the late nodes (`late_N`, decid
 dfl/system/deadline.py from the same T_i) are reported as `dropped_update_fraction`, the late
 updates over the updates due (trained nodes) in the evaluation period.
 
+Per-round compute jitter (system.compute_jitter = sigma > 0): c_i of round t is multiplied by
+compute_factors(fold_in(train_key, t))_i, recomputed here from the run's key.
+
 Deviations / simplifications: one latency per round per sending node (messages to several
 neighbours share it, as if pipelined); no contention at receivers (downlinks are unlimited);
 MoDeST's timeout is not modelled (a round with fewer than q deliveries waits for all of them),
@@ -49,9 +52,10 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import jax
 import numpy as np
 
-from dfl.system.model import SystemModel
+from dfl.system.model import SystemModel, compute_factors
 
 SERVER_ALGORITHMS = {"fedavg", "fedsam"}
 
@@ -131,10 +135,12 @@ class SimClock:
     model_bytes: bytes of one model (a round's messages weigh `message_bytes` when given).
     quorum: MoDeST's q = max(1, floor(sf * s)).
     exchanges: gossip steps per round Q (latencies paid per round).
+    train_key: the run's training key; with system.compute_jitter > 0, round t's compute times
+      are scaled by compute_factors(fold_in(train_key, t)), the factors the round saw on device.
   """
 
   def __init__(self, system: SystemModel, algorithm: str, samples_N, model_bytes: int, *,
-               quorum: int = 1, exchanges: int = 1):
+               quorum: int = 1, exchanges: int = 1, train_key=None):
     self.system = system
     self.rule = rule_of(algorithm)
     self.samples_N = np.asarray(samples_N, np.float64)
@@ -142,6 +148,13 @@ class SimClock:
     self.quorum = int(quorum)
     self.exchanges = int(exchanges)
     self.seconds = 0.0
+    self.rounds = 0  # rounds counted (the next round's index)
+    self.train_key = train_key
+    if system.compute_jitter > 0 and train_key is None:
+      raise ValueError("system.compute_jitter > 0 needs the run's train_key for the clock.")
+    if system.compute_jitter > 0:
+      n, sigma = system.num_nodes, system.compute_jitter
+      self._factors = jax.jit(lambda key, t: compute_factors(jax.random.fold_in(key, t), n, sigma))
     self.late = 0  # late updates, cumulative
     self.due = 0  # updates due (nodes that trained), cumulative
     self.period_late = 0
@@ -172,11 +185,17 @@ class SimClock:
     late_RxN = per_round(getattr(metrics, "late_N", None), bool)
     bytes_R = (None if metrics.message_bytes is None
                else np.broadcast_to(np.asarray(metrics.message_bytes, np.int64), (rounds,)))
+    samples_N = self.samples_N
     for r in range(rounds):
+      if self.system.compute_jitter > 0:  # this round's compute factors, as on device
+        self.samples_N = samples_N * np.asarray(self._factors(self.train_key, self.rounds),
+                                                np.float64)
       self.seconds += self.round_seconds(
           sent_RxN[r], received_RxN[r], None if bytes_R is None else int(bytes_R[r]),
           None if trained_RxN is None else trained_RxN[r],
           None if aggregator_RxN is None else aggregator_RxN[r])
+      self.rounds += 1
+    self.samples_N = samples_N
     self.period_due = int(rounds * n if trained_RxN is None else trained_RxN.sum())
     self.period_late = 0 if late_RxN is None else int(late_RxN.sum())
     self.due += self.period_due
@@ -190,11 +209,13 @@ class SimClock:
     return record
 
   def state_dict(self) -> dict:
-    return {"seconds": self.seconds.hex(), "late": self.late, "due": self.due,
+    return {"seconds": self.seconds.hex(), "rounds": self.rounds, "late": self.late,
+            "due": self.due,
             "period_late": self.period_late, "period_due": self.period_due}
 
   def load_state_dict(self, saved: dict) -> None:
     self.seconds = float.fromhex(saved["seconds"])
+    self.rounds = int(saved["rounds"])
     self.late, self.due = int(saved["late"]), int(saved["due"])
     self.period_late, self.period_due = int(saved["period_late"]), int(saved["period_due"])
 
@@ -218,4 +239,4 @@ def make_clock(exp) -> Optional[SimClock]:
     from dfl.algorithms.dfedsam_mgs import PAPER_GOSSIP_STEPS
     exchanges = PAPER_GOSSIP_STEPS if a.gossip_steps is None else int(a.gossip_steps)
   return SimClock(system, a.name, exp.samples_N, exp.model_bytes, quorum=quorum,
-                  exchanges=exchanges)
+                  exchanges=exchanges, train_key=exp.train_key)

@@ -21,7 +21,8 @@ and the round-start models x^t, which two small hooks read:
 
 `RoundMetrics.late_N` reports the late nodes among those that trained; the clock turns it into
 `dropped_update_fraction`. Who is late depends only on the fixed per-node figures and the
-round's graph: with fixed speeds the same nodes are late every round.
+round's graph (and, with system.compute_jitter > 0, the round's compute factors): with fixed
+speeds and no jitter the same nodes are late every round.
 
 Deviations: messages are counted as sent even when late (they were, after the deadline); a late
 node's local optimizer state (momentum with keep_optimizer_state) still advances.
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dfl.mixing import DenseMixing, SparseMixing, messages_per_step, mix
+from dfl.system.model import compute_factors
 
 GOSSIP_FAMILY = {"dpsgd", "dfedavg", "dfedavgm", "dfedsam", "gossip"}
 SERVER_FAMILY = {"fedavg", "fedsam"}
@@ -149,7 +151,10 @@ def with_deadline(algorithm, kind: str, system, samples_N: np.ndarray, model_byt
       sent_N = messages_per_step(inputs.mixing)[0].astype(jnp.float32)
     else:
       sent_N = jnp.ones(n, jnp.float32)
-    seconds_N = state.compute_seconds_N + jnp.where(
+    compute_N = state.compute_seconds_N
+    if system.compute_jitter > 0:  # this round's factors (the clock draws the same)
+      compute_N = compute_N * compute_factors(inputs.key, n, system.compute_jitter)
+    seconds_N = compute_N + jnp.where(
         sent_N > 0, state.latency_N + sent_N * float(model_bytes) / state.bandwidth_N, 0.0)
     late_N = seconds_N > deadline
     with _deadline_context(late_N, state.inner.params, mode):

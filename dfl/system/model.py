@@ -15,8 +15,11 @@ Spec forms (`parse_spec`):
     "trace:PATH.csv"               the column of that name in a device trace (dfl/system/traces.py)
 
 Draws are seeded by `system.seed` (None: derived from the run's seed), one independent stream per
-field, so changing one field's spec never moves another's values. Values are fixed for the run
-(no per-round variation): who is slow stays slow.
+field, so changing one field's spec never moves another's values. Values are fixed for the run;
+`system.compute_jitter` = sigma > 0 adds per-round variation: in round t node i's compute time
+is multiplied by exp(sigma z - sigma^2 / 2) (mean 1), z ~ N(0, 1) drawn from the round's key
+(`compute_factors`, the same numbers on device for the deadline and on the host for the clock),
+so who is slow changes from round to round.
 
 The server of fedavg/fedsam has its own uplink `system.server_bandwidth_bytes_per_second` and
 latency `system.server_latency_seconds` (plain numbers). `system.deadline_seconds` > 0 sets a
@@ -39,6 +42,8 @@ import math
 import re
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dfl.errors import UserError
@@ -52,9 +57,17 @@ SPEC_FORMS = ('a number ("100")', '"uniform:LOW,HIGH"', '"lognormal:mean=M,sigma
 DEFAULTS = {"samples_per_second": "1000", "bandwidth_bytes_per_second": "1250000",
             "latency_seconds": "0.05", "server_bandwidth_bytes_per_second": 125e6,
             "server_latency_seconds": 0.05, "deadline_seconds": 0.0, "late_updates": "drop",
-            "tick_seconds": 0.0, "seed": None}
+            "tick_seconds": 0.0, "compute_jitter": 0.0, "seed": None}
 SAM_ALGORITHMS = {"dfedsam", "dfedsam_mgs", "fedsam"}
 _STREAMS = {name: i for i, name in enumerate(NODE_FIELDS)}
+JITTER_STREAM = 2**31 - 9  # fold_in tag of the per-round compute factors, apart from node keys
+
+
+def compute_factors(round_key: jax.Array, num_nodes: int, sigma: float) -> jax.Array:
+  """[N] float32 per-round compute-time factors exp(sigma z - sigma^2 / 2), z ~ N(0, 1) from
+  fold_in(round_key, JITTER_STREAM); round_key = fold_in(train_key, t) as in the engine."""
+  z = jax.random.normal(jax.random.fold_in(round_key, JITTER_STREAM), (num_nodes,), jnp.float32)
+  return jnp.exp(jnp.float32(sigma) * z - jnp.float32(sigma * sigma / 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +157,7 @@ class SystemModel:
   deadline: float = 0.0  # 0: none
   late_updates: str = "drop"
   tick_seconds: float = 0.0  # async_gossip; 0: resolved by the experiment
+  compute_jitter: float = 0.0  # sigma of the per-round log-normal compute factor; 0: none
 
   @property
   def num_nodes(self) -> int:
@@ -167,7 +181,7 @@ def check_section(system, num_nodes: int) -> None:
     parse_spec(field, system[field], allow_zero=field == "latency_seconds")
   for field, zero_ok in (("server_bandwidth_bytes_per_second", False),
                          ("server_latency_seconds", True), ("deadline_seconds", True),
-                         ("tick_seconds", True)):
+                         ("tick_seconds", True), ("compute_jitter", True)):
     v = system[field]
     if not (isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if zero_ok else v > 0)):
       raise UserError(f"system.{field} must be a finite number {'>= 0' if zero_ok else '> 0'}"
@@ -194,7 +208,8 @@ def build_system(system, num_nodes: int, seed: int) -> Optional[SystemModel]:
                      server_latency=float(system.server_latency_seconds),
                      deadline=float(system.deadline_seconds),
                      late_updates=str(system.late_updates),
-                     tick_seconds=float(system.tick_seconds))
+                     tick_seconds=float(system.tick_seconds),
+                     compute_jitter=float(system.compute_jitter))
 
 
 def samples_read(steps, shard_N, batch_size: int) -> np.ndarray:

@@ -175,10 +175,12 @@ def get_config():
   c.system.server_bandwidth_bytes_per_second = 125e6  # fedavg/fedsam server uplink (1 Gbit/s)
   c.system.server_latency_seconds = 0.05
   # > 0: a round deadline (dpsgd/dfedavg/dfedavgm/dfedsam/gossip/fedavg/fedsam): nodes whose
-  # local phase plus sending takes longer are late, and their updates are
+  # local phase plus sending takes longer are late (dropped_update_fraction in metrics.jsonl)
   c.system.deadline_seconds = 0.0
-  c.system.late_updates = "drop"  # drop (left out) | stale (their round-start model is used)
+  c.system.late_updates = "drop"  # late updates: drop (left out) | stale (round-start model)
   c.system.tick_seconds = 0.0  # async_gossip: one tick; 0 = the fastest node's period
+  # sigma > 0: each round, node i's compute time x exp(sigma z - sigma^2/2), z ~ N(0,1) per round
+  c.system.compute_jitter = 0.0
   c.system.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.train = config_dict.ConfigDict()

@@ -152,3 +152,22 @@ def test_modest_reports_its_participants_and_aggregators():
 def exp_mixing(exp):
   from dfl.experiment import mixing_operator
   return mixing_operator(exp.topology, 0, False)
+
+
+def test_compute_jitter_scales_each_round_by_the_keyed_factors():
+  # Independent recomputation of the factors exp(sigma z - sigma^2/2) from the round keys.
+  import jax
+  from dfl.system.model import JITTER_STREAM
+  sigma, key = 0.5, jax.random.key(11)
+  system = _system([100, 50, 200], [1000, 500, 2000], [0.01, 0.02, 0.03], compute_jitter=sigma)
+  clock = SimClock(system, "dpsgd", [20, 20, 20], 100, train_key=key)
+  for _ in range(2):
+    clock.add(_metrics([1, 2, 1], [1, 2, 1]))
+  expected = 0.0
+  for t in range(2):
+    z = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, t),
+                                                        JITTER_STREAM), (3,)), np.float64)
+    factor = np.exp(sigma * z - sigma ** 2 / 2)
+    expected += np.max(20 / np.array([100, 50, 200]) * factor + [0.11, 0.42, 0.08])
+  assert clock.seconds == pytest.approx(expected, rel=1e-6)
+  assert clock.rounds == 2

@@ -123,3 +123,24 @@ def test_fedavg_with_every_client_late_keeps_the_global_model():
   state, metrics = algorithm.round(algorithm.init(params_N), _inputs(data, None))
   np.testing.assert_array_equal(_flat(state.params), _flat(params_N))
   assert np.asarray(metrics.late_N).sum() == 2  # the two sampled clients, no others
+
+
+def test_jittered_compute_decides_who_is_late_per_round():
+  # The factors exp(sigma z - sigma^2/2) recomputed from the round key decide lateness.
+  from dfl.system.model import JITTER_STREAM
+  loss_fn, params_N, data = tiny_problem()
+  sigma, deadline = 1.0, 0.5
+  system = SystemModel(np.full(N, 20.0), np.full(N, 1e4), np.full(N, 0.1), deadline=deadline,
+                       compute_jitter=sigma)
+  inner = dfedavg(loss_fn, lr=0.1, local_steps=K, batch_size=B, mixer=deadline_mixer())
+  algorithm = with_deadline(inner, "gossip", system, np.full(N, K * B), MODEL_BYTES)
+  state, mixing = algorithm.init(params_N), DenseMixing(jnp.asarray(ring_W(), jnp.float32))
+  seen = []
+  for t in range(4):
+    inputs = _inputs(data, mixing, t)
+    state, metrics = algorithm.round(state, inputs)
+    z = np.asarray(jax.random.normal(jax.random.fold_in(inputs.key, JITTER_STREAM), (N,)))
+    seconds = K * B / 20.0 * np.exp(sigma * z - sigma ** 2 / 2) + 0.1 + 2 * MODEL_BYTES / 1e4
+    assert np.asarray(metrics.late_N).tolist() == (seconds > deadline).tolist()
+    seen.append(tuple(seconds > deadline))
+  assert len(set(seen)) > 1  # who is late changes from round to round

@@ -39,8 +39,8 @@ def test_disabled_has_no_sim_seconds_and_enabled_changes_no_figure(tmp_path, alg
 
 
 def test_resume_keeps_sim_seconds_exact(tmp_path):
-  overrides = dict(HETEROGENEOUS, system__deadline_seconds=0.25, eval__every_rounds=1,
-                   train__rounds=4)
+  overrides = dict(HETEROGENEOUS, system__deadline_seconds=0.25, system__compute_jitter=0.5,
+                   eval__every_rounds=1, train__rounds=4)
   train_and_evaluate(tiny_config(**overrides), str(tmp_path / "whole"))
   train_and_evaluate(tiny_config(**{**overrides, "train__rounds": 2}), str(tmp_path / "split"))
   train_and_evaluate(tiny_config(**overrides), str(tmp_path / "split"))  # resumes at round 2
