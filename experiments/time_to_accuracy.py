@@ -19,6 +19,9 @@ digits dataset (Dirichlet(0.5) labels, an MLP with one hidden layer of 64, 16 no
     the slowest node's period / --slowest_ticks, nodes faster than a tick capped at one event
     per tick, which favours the synchronous side), compared at equal simulated time.
 
+Synchronous rounds see per-round compute noise (system.compute_jitter, sigma 0.5: who is slow
+changes from round to round); async gossip draws its intervals x U(0.8, 1.2).
+
 Prints and writes --results/time_to_accuracy.{md,csv,png}: per run, simulated seconds to
 --target test accuracy (of the node-averaged model), rounds to it, seconds per round, the
 dropped-update fraction, and the ratio of FedAvg's time to target over each run's. About 3-4
@@ -64,6 +67,10 @@ def parse_args():
                  help="async gossip: ticks per period of the slowest node (tick = its period / "
                       "this; nodes faster than a tick are capped at one event per tick)")
   p.add_argument("--hidden", type=int, default=64, help="MLP width (one hidden layer)")
+  p.add_argument("--compute_jitter", type=float, default=0.5,
+                 help="synchronous runs: sigma of each node's per-round log-normal compute factor")
+  p.add_argument("--interval_jitter", type=float, default=0.2,
+                 help="async gossip: each interval x U(1 - j, 1 + j) (DFL_torch: 10 +- 2 ticks)")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args()
 
@@ -75,7 +82,7 @@ def base_config(args, algorithm: str, rounds: int):
   c.algorithm.name = algorithm
   c.algorithm.lr = 0.05
   c.train.rounds = rounds
-  c.eval.every_rounds = 5
+  c.eval.every_rounds = 2
   c.eval.local_examples = 200
   c.model.hidden = (args.hidden,)
   c.system.enabled = True
@@ -89,6 +96,10 @@ def base_config(args, algorithm: str, rounds: int):
     c.algorithm.min_models = 1
   if algorithm == "dpsgd":
     c.algorithm.local_steps = 2
+  if algorithm == "async_gossip":
+    c.algorithm.interval_jitter = args.interval_jitter
+  else:
+    c.system.compute_jitter = args.compute_jitter
   return c
 
 
@@ -133,11 +144,11 @@ def settings(args):
   # As many ticks as cover the synchronous run's simulated time.
   exp = build_experiment(asyn)
   seconds_N = node_seconds(exp.system, exp.samples_N, out_degrees(exp.topology), exp.model_bytes)
-  # One tick = the slowest node's period / slowest_ticks: as many ticks as cover the
-  # synchronous run's simulated time (each of its rounds lasts the slowest node's period).
+  # One tick = the slowest node's period / slowest_ticks: as many ticks as the synchronous
+  # rounds would last without compute jitter (each at least the slowest node's period).
   asyn.system.tick_seconds = round(float(seconds_N.max()) / args.slowest_ticks, 6)
   asyn.train.rounds = args.gossip_rounds * args.slowest_ticks
-  asyn.eval.every_rounds = 5 * args.slowest_ticks
+  asyn.eval.every_rounds = 2 * args.slowest_ticks
   capped = int(np.sum(seconds_N < asyn.system.tick_seconds))
   print(f"async gossip: tick {asyn.system.tick_seconds:.4g} s, periods "
         f"{seconds_N.min():.3g}-{seconds_N.max():.3g} s, {capped} of {len(seconds_N)} nodes "
@@ -163,15 +174,15 @@ def main():
         "group": group, "run": label,
         "final_accuracy": round(final["test_accuracy"], 4),
         "sim_s_per_round": round(final["sim_seconds"] / final["round"], 3),
-        "rounds_to_target": reached["round"] if reached else None,
-        "sim_s_to_target": round(reached["sim_seconds"], 1) if reached else None,
+        "rounds_to_target": reached["round"] if reached else "not reached",
+        "sim_s_to_target": round(reached["sim_seconds"], 1) if reached else "not reached",
         "dropped_updates": round(float(np.mean(dropped)), 3) if dropped else None,
-        "MB_to_target": round(reached["comm_bytes"] / 1e6, 1) if reached else None,
+        "MB_to_target": round(reached["comm_bytes"] / 1e6, 1) if reached else "not reached",
     })
   fedavg = next(r for r in rows if r["run"] == "FedAvg")["sim_s_to_target"]
   for r in rows:
-    r["fedavg_time_over_this"] = (round(fedavg / r["sim_s_to_target"], 2)
-                                  if fedavg and r["sim_s_to_target"] else None)
+    both = isinstance(fedavg, float) and isinstance(r["sim_s_to_target"], float)
+    r["fedavg_time_over_this"] = round(fedavg / r["sim_s_to_target"], 2) if both else None
   write_table(rows, os.path.join(args.results, "time_to_accuracy"), args.target)
   plot(curves, args, os.path.join(args.results, "time_to_accuracy.png"))
 
@@ -181,7 +192,7 @@ def write_table(rows, stem: str, target: float) -> None:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  fmt = lambda v: "not reached" if v is None else str(v)
+  fmt = lambda v: "-" if v is None else str(v)
   lines = [f"Target test accuracy {target}.", "",
            "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
   lines += ["| " + " | ".join(fmt(v) for v in r.values()) + " |" for r in rows]

@@ -92,6 +92,13 @@ def test_bundled_trace_reads_from_the_repository_root():
     ({"system__enabled": True, "system__tick_seconds": 1.0}, "only used by algorithm.name="
                                                              "'async_gossip'"),
     ({"algorithm__interval_jitter": 0.2}, "only used by algorithm.name='async_gossip'"),
+    ({"system__enabled": True, "system__late_updates": "stale"}, "only acts with a round "
+                                                                 "deadline"),
+    ({"system__enabled": True, "system__compute_jitter": 0.3, "algorithm__name": "async_gossip"},
+     "use algorithm.interval_jitter"),
+    ({"system__enabled": True, "system__compute_jitter": -1.0}, "system.compute_jitter must be"),
+    ({"system__enabled": True, "system__deadline_seconds": 1.0, "algorithm__name": "dfedsam_mgs"},
+     "not algorithm.name='dfedsam_mgs'"),
 ])
 def test_config_errors(overrides, message):
   with pytest.raises(UserError) as e:
