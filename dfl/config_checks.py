@@ -23,6 +23,8 @@ from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
 from dfl.imports import is_import_path
 from dfl.data.partition import PARTITIONS
+from dfl.system import deadline as system_deadline
+from dfl.system import model as system_model
 from dfl.layers import CONV_IMPLS
 from dfl.models import MODELS, NORM_MODELS, REGRESSION_MODELS
 from dfl.models_cifar import NORMS
@@ -102,6 +104,7 @@ def validate_config(config) -> None:
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")
+  _validate_system(config)
   _validate_variance_correction(config.get("variance_correction"), a.name)
   _validate_adversary(config)
   _require(isinstance(config.mesh.devices, int) and config.mesh.devices >= 0,
@@ -113,6 +116,33 @@ def validate_config(config) -> None:
            f"SIGTERM/SIGINT), got {ck.every_rounds!r}.")
   _require(isinstance(ck.max_to_keep, int) and ck.max_to_keep >= 1,
            f"checkpoint.max_to_keep must be an integer >= 1, got {ck.max_to_keep!r}.")
+
+
+def _validate_system(config) -> None:
+  """The `system` section (dfl/system/model.py) and async_gossip's interval jitter."""
+  a, system = config.algorithm, config.get("system")
+  jitter = a.get("interval_jitter", 0.0)
+  _require(a.name == "async_gossip" or jitter == 0.0,
+           f"algorithm.interval_jitter={jitter} is only used by algorithm.name='async_gossip', "
+           f"not {a.name!r}; leave it 0.")
+  system_model.check_section(system, config.num_nodes)
+  if system is None or not system.enabled:
+    return
+  if system.deadline_seconds > 0:
+    _require(a.name in system_deadline.SUPPORTS_DEADLINE,
+             f"system.deadline_seconds={system.deadline_seconds} acts inside the rounds of "
+             f"{sorted(system_deadline.SUPPORTS_DEADLINE)}, not algorithm.name={a.name!r}; "
+             "leave it 0.")
+  _require(a.name != "async_gossip" or system.compute_jitter == 0.0,
+           f"system.compute_jitter={system.compute_jitter} varies synchronous rounds; "
+           "algorithm.name='async_gossip' draws its own intervals: use algorithm.interval_jitter "
+           "and leave system.compute_jitter 0.")
+  _require(system.late_updates == "drop" or system.deadline_seconds > 0,
+           f"system.late_updates={system.late_updates!r} only acts with a round deadline; set "
+           "system.deadline_seconds > 0 or leave it 'drop'.")
+  _require(a.name == "async_gossip" or system.tick_seconds == 0.0,
+           f"system.tick_seconds={system.tick_seconds} is only used by algorithm.name="
+           f"'async_gossip', not {a.name!r}; leave it 0.")
 
 
 def _validate_problem(config) -> None:

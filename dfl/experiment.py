@@ -37,12 +37,13 @@ from dfl.models import REGRESSION_MODELS, make_model, model_loss
 from dfl.optimum import global_optimum
 from dfl.sharding import NodePlacement, make_placement
 from dfl.tracing import SectionOverlay
+from dfl.system import setup as system_setup
 from dfl.variance_correction import build_mixer
 
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
 _MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM, _ADVERSARY_STREAM = 4, 5, 6
-_CALIBRATION_STREAM = 7  # the batches that re-estimate BatchNorm statistics (eval)
+_CALIBRATION_STREAM, _SYSTEM_STREAM = 7, 8  # the batches that re-estimate BatchNorm statistics (eval)
 
 
 @dataclasses.dataclass
@@ -69,6 +70,8 @@ class Experiment:
   # of runs pass them traced, dfl/train.py); make_algorithm() is `algorithm`.
   make_algorithm: Callable = None
   model_state: Any = None  # dfl.model_state.ModelState of a model with state or dropout
+  system: Any = None  # dfl.system.model.SystemModel (None: system.enabled=False)
+  samples_N: Any = None  # [N] samples a node reads in a round it trains (with a system model)
   _static_mixing: Any = None  # the static graph's operator, built on first use
 
 
@@ -232,6 +235,11 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   calibration = _check_model_state(config, stateful, gossip_step, x_train, shards, config.seed)
   augment = make_augment(config.data.augment, dataset.input_shape,
                          pad_value_C=black_pixel(dataset.name, dataset.input_shape[-1]))
+  model_bytes = tree_bytes(jax.tree.map(lambda x: x[0], init_params))
+  if stateful is not None and average_stats:  # the statistics travel with every model
+    model_bytes += tree_bytes(jax.tree.map(lambda x: x[0], init_model_state))
+  system = system_setup.build(config, sizes, topology, model_bytes, _seed(
+      config.get("system", {}).get("seed"), config.seed, _SYSTEM_STREAM))
 
   def make_algorithm(overrides: dict | None = None) -> Algorithm:
     """The algorithm of this config; `overrides` ({"algorithm.lr": value, ...}) replace fields of
@@ -240,13 +248,19 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
     mixer = gossip_step or build_mixer(with_overrides(config.get("variance_correction"),
                                                       "variance_correction", overrides))
     algorithm = build_algorithm(with_overrides(config.algorithm, "algorithm", overrides),
-                                BuildContext(loss_fn, n, sizes, mixer=mixer,
+                                BuildContext(loss_fn, n, sizes,
+                                             mixer=system_setup.mixer(system, config, mixer),
                                              seed=_seed(None, config.seed, _MEMBERSHIP_STREAM),
                                              merge_rounds=topology.dense_rounds,
                                              augment=augment,  # on every local minibatch
-                                             model_state=stateful))
+                                             model_state=stateful,
+                                             node_seconds=None if system is None else
+                                             system.node_seconds_N,
+                                             tick_seconds=0.0 if system is None else
+                                             system.model.tick_seconds))
     if gossip_step is not None:  # the step reads its key, round and attackers from the round
       algorithm = with_round_context(algorithm, byzantine_N)
+    algorithm = system_setup.wrap(system, config, algorithm, model_bytes)  # round deadline
     return algorithm._replace(init=functools.partial(placement.build, algorithm.init))
 
   with user_input(ValueError):  # builders check the algorithm section, they run no JAX code
@@ -265,16 +279,14 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
                             personal_splits=personal,
                             regression=config.model.name in REGRESSION_MODELS, optimum=optimum,
                             stateful=stateful is not None, calibration_x=calibration)
-  model_bytes = tree_bytes(jax.tree.map(lambda x: x[0], init_params))
-  if stateful is not None and average_stats:  # the statistics travel with every model
-    model_bytes += tree_bytes(jax.tree.map(lambda x: x[0], init_model_state))
   return Experiment(config, dataset, shards, data, model, topology, algorithm,
                     placement.runner(make_chunk_runner(algorithm, config.train.execution)),
                     evaluate,
                     jax.random.fold_in(root, _TRAIN_STREAM),
                     model_bytes, init_params, placement,
                     personal, optimum, byzantine_N, None if byzantine_N is None else ~byzantine_N,
-                    make_algorithm, stateful)
+                    make_algorithm, stateful, None if system is None else system.model,
+                    None if system is None else system.samples_N)
 
 
 def _check_model_state(config, stateful, gossip_step, x_train, shards, seed: int):

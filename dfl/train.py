@@ -36,6 +36,7 @@ from dfl.experiment import (Experiment, build_experiment, mixing_operator,  # no
 from dfl.metric_writers import TENSORBOARD_SUBDIR, MultiWriter, make_metric_writer
 from dfl.progress import progress_bar
 from dfl.sharding import initialize_distributed, is_main_process
+from dfl.system.clock import make_clock
 from dfl.workdir_lock import WorkdirLock, WorkdirLocked, read_holder
 
 class CommCounter:
@@ -112,11 +113,12 @@ class CommCounter:
 
 
 def evaluation_record(figures: dict, round_done: int, train_loss, comm: CommCounter,
-                      wall: float) -> dict:
+                      wall: float, clock=None) -> dict:
   """One line of metrics.jsonl from the evaluator's figures (host values)."""
   return {"round": round_done, **{k: float(v) for k, v in figures.items()},
           "train_loss": None if train_loss is None else float(train_loss),
-          **comm.as_dict(), "wall_seconds": round(wall, 3)}
+          **comm.as_dict(), **(clock.as_dict() if clock else {}),
+          "wall_seconds": round(wall, 3)}
 
 
 # Figures on the per-node test splits (eval.personal_test), in metrics.jsonl when enabled.
@@ -186,6 +188,7 @@ class Progress:
   comm: CommCounter
   wall_offset: float  # seconds earlier processes spent on this run, up to their checkpoint
   records: list  # the evaluation records so far, as in metrics.jsonl
+  clock: Any = None  # dfl.system.clock.SimClock of the simulated time; None: system.enabled=False
 
 
 OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", TENSORBOARD_SUBDIR)
@@ -228,6 +231,7 @@ def start_or_resume(exp: Experiment, workdir: str,
   now = run_config_dict(checkpoint.config_to_dict(config))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   comm = CommCounter(config.num_nodes, exp.model_bytes)
+  clock = make_clock(exp)
   initial = exp.algorithm.init(exp.init_params)
 
   def check(meta: dict) -> None:
@@ -249,17 +253,20 @@ def start_or_resume(exp: Experiment, workdir: str,
     _check_previous_config(workdir, now)
     if main:
       checkpoint.write_jsonl_atomic(metrics_path, [])  # _run_batch logs round 0 first
-    return Progress(0, initial, comm, 0.0, [])
+    return Progress(0, initial, comm, 0.0, [], clock)
   if restored.round > config.train.rounds:
     raise ValueError(f"train.rounds={config.train.rounds} is below the round of the newest "
                      f"checkpoint ({restored.round}) in {checkpoints.directory}; use a new "
                      "--workdir or --config.checkpoint.fresh=True for a shorter run.")
   comm.load_state_dict(restored.meta["comm"])
+  if clock is not None:
+    clock.load_state_dict(restored.meta["clock"])
   records = checkpoint.rewind_metrics(metrics_path, restored.round, restored.meta["record"],
                                       write=main)
   print(f"resuming from the checkpoint of round {restored.round} in {checkpoints.directory}",
         file=sys.stderr, flush=True)
-  return Progress(restored.round, restored.state, comm, restored.meta["wall_seconds"], records)
+  return Progress(restored.round, restored.state, comm, restored.meta["wall_seconds"], records,
+                  clock)
 
 
 def chunk_end(exp: Experiment, begin: int) -> int:
@@ -348,7 +355,8 @@ def _run_batch(runs: list[Run], guard: checkpoint.PreemptionGuard) -> float:
     done = runs[0].progress.round
     if done == 0:
       for run, figures, writer in zip(runs, batch.evaluate(state), writers):
-        run.progress.records = [evaluation_record(figures, 0, None, run.progress.comm, 0.0)]
+        run.progress.records = [evaluation_record(figures, 0, None, run.progress.comm, 0.0,
+                                                  run.progress.clock)]
         writer.write(run.progress.records[0])
     while done < rounds:
       begin, end = done, chunk_end(exp0, done)
@@ -369,6 +377,8 @@ def _run_batch(runs: list[Run], guard: checkpoint.PreemptionGuard) -> float:
           print(f"run {run.workdir} stopped: {e}", file=sys.stderr, flush=True)
           continue
         run.progress.comm.add(metrics_s)
+        if run.progress.clock is not None:  # the simulated time (dfl/system)
+          run.progress.clock.add(metrics_s)
         run.progress.round = end
         losses[s] = float(np.mean(loss_R))
       done = end
@@ -379,7 +389,8 @@ def _run_batch(runs: list[Run], guard: checkpoint.PreemptionGuard) -> float:
       for s, loss in losses.items():
         run = runs[s]
         walls[s] = run.progress.wall_offset + time.perf_counter() - start
-        record = evaluation_record(figures[s], end, loss, run.progress.comm, walls[s])
+        record = evaluation_record(figures[s], end, loss, run.progress.comm, walls[s],
+                                   run.progress.clock)
         run.progress.records.append(record)
         writers[s].write(record)
       checkpoint.self_signal_hook(end, "evaluated", runs[min(losses)].checkpoints)
@@ -390,7 +401,9 @@ def _run_batch(runs: list[Run], guard: checkpoint.PreemptionGuard) -> float:
           run.checkpoints.save(end, batch.unstack(state, s),
                                {**run.meta, "comm": run.progress.comm.state_dict(),
                                 "wall_seconds": walls[s],
-                                "record": run.progress.records[-1]})
+                                "record": run.progress.records[-1],
+                                **({"clock": run.progress.clock.state_dict()}
+                                   if run.progress.clock else {})})
         checkpoint.self_signal_hook(end, "saving", runs[min(losses)].checkpoints)
       bar.update(end - begin)
       first = runs[min(losses)].progress.records[-1]

@@ -6,7 +6,8 @@ Reads every run under the directory (config.json, metrics.jsonl, summary.json; r
 summary.json are unfinished and left out unless --include_unfinished). Runs whose configs differ
 only in `seed` (and in fields that do not change results: logging, checkpointing, data.dir)
 form one setting; the table's first columns are the config fields that vary between settings.
-Per setting: final and best accuracy, rounds to reach --target, total communication, wall time,
+Per setting: final and best accuracy, rounds to reach --target (and simulated seconds to it,
+`sim_seconds`, when the runs had system.enabled=True), total communication, wall time,
 each as mean ± sample std (ddof=1) over seeds. Printed as Markdown; written to
 OUT/report_<metric>.md, .csv and .png (accuracy vs rounds and vs bytes sent, one line per
 setting, a band of ± one std over seeds), so reports of different metrics sit side by side.
@@ -139,12 +140,25 @@ def lower_is_better(metric: str) -> bool:
   return "loss" in metric or "distance" in metric
 
 
-def rounds_to_target(records: list[dict], metric: str, target: float) -> Optional[int]:
+def first_reaching(records: list[dict], metric: str, target: float) -> Optional[dict]:
+  """The first evaluation record whose `metric` reaches `target`, or None."""
   lower = lower_is_better(metric)
   for r in records:
     if r[metric] is not None and (r[metric] <= target if lower else r[metric] >= target):
-      return int(r["round"])
+      return r
   return None
+
+
+def rounds_to_target(records: list[dict], metric: str, target: float) -> Optional[int]:
+  reached = first_reaching(records, metric, target)
+  return None if reached is None else int(reached["round"])
+
+
+def time_to_target(records: list[dict], metric: str, target: float) -> Optional[float]:
+  """Simulated seconds (`sim_seconds`, a run with system.enabled=True) at the first record
+  reaching `target`; None if never reached or the run has no clock."""
+  reached = first_reaching(records, metric, target)
+  return None if reached is None or "sim_seconds" not in reached else reached["sim_seconds"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -176,6 +190,11 @@ def setting_row(setting: Setting, metric: str, target: Optional[float]) -> dict[
     row["rounds_to_target_mean"], row["rounds_to_target_std"] = (
         _mean_std(reached) if reached else (math.nan, math.nan))
     row["reached_target"] = len(reached)
+    if all("sim_seconds" in r.records[-1] for r in runs):  # simulated time (dfl/system)
+      times = [x for x in (time_to_target(r.records, metric, target) for r in runs)
+               if x is not None]
+      row["sim_seconds_to_target_mean"], row["sim_seconds_to_target_std"] = (
+          _mean_std(times) if times else (math.nan, math.nan))
   return row
 
 
@@ -185,8 +204,11 @@ def _pm(mean: float, std: float, fmt: str, n: int) -> str:
 
 def markdown_table(rows: list[dict], fields: list[str], metric: str, target: Optional[float]) -> str:
   head = [*fields, "seeds", f"final {metric}", f"best {metric}"]
+  timed = target is not None and all("sim_seconds_to_target_mean" in row for row in rows)
   if target is not None:
     head.append(f"rounds to {target:g}")
+  if timed:
+    head.append(f"sim s to {target:g}")
   head += ["comm (MB)", "wall (s)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   fmt = ".4g" if lower_is_better(metric) else ".4f"  # distances reach 1e-12
@@ -204,6 +226,9 @@ def markdown_table(rows: list[dict], fields: list[str], metric: str, target: Opt
         if row["reached_target"] < row["seeds"]:
           cell += f" ({row['reached_target']}/{row['seeds']} seeds)"
         cells.append(cell)
+      if timed:
+        cells.append("not reached" if row["reached_target"] == 0 else
+                     pm("sim_seconds_to_target", ".1f"))
     cells += [pm("comm_bytes", ".2f", 1e6), pm("wall_seconds", ".1f")]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -19,8 +19,9 @@ from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics
 from dfl.algorithms.common import (DEFAULT_LOCAL_STEPS, ONE_LOCAL_STEP, LocalWork,
                                    local_work)
 # Imported for their registrations.
-from dfl.algorithms import (choco, dfedavg, dfedsam, dfedsam_mgs, dpsgd, exact_diffusion,  # noqa
-                            fedavg, fedsam, gossip, gradient_tracking, modest, push_sum, qgm)
+from dfl.algorithms import (async_gossip, choco, dfedavg, dfedsam, dfedsam_mgs, dpsgd,  # noqa
+                            exact_diffusion, fedavg, fedsam, gossip, gradient_tracking, modest,
+                            push_sum, qgm)
 from dfl.algorithms.registry import (BuildContext, batchable_fields, batchable_values,
                                      build_algorithm, structural_key, used_fields)
 

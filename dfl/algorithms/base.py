@@ -44,6 +44,13 @@ class RoundMetrics(NamedTuple):
   # from the leaves' static shapes. None: every transfer is one model (the driver's model bytes).
   # The driver multiplies it by the transfers and sent_N / received_N on the host, in int64.
   message_bytes: Any = None
+  # For the simulated clock (dfl/system/clock.py), where not every node trains: [N] bool, the
+  # nodes whose local update of this round counts (FedAvg's sample, MoDeST's delivered
+  # participants, async_gossip's firing nodes); None: every node. MoDeST also reports its
+  # aggregators; the deadline hook (dfl/system/deadline.py) the late nodes.
+  trained_N: Any = None
+  aggregator_N: Any = None
+  late_N: Any = None
 
 
 class Algorithm(NamedTuple):

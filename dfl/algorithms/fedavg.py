@@ -34,6 +34,7 @@ from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.execution import node_map
 from dfl.local import NodeData, make_local_sgd, make_optimizer
+from dfl.system import deadline as system_deadline
 
 PyTree = object
 AGGREGATION_WEIGHTS = ("uniform", "num_samples")
@@ -113,17 +114,26 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
 
       in_axes = (0, NodeData(None, None, 0, 0), None if steps_M is None else 0)
       trained_M, loss_M = node_map(train_client, in_axes=in_axes)(keys_M, sample_data, steps_M)
-    if aggregation_weights == "uniform":
+    # Under a round deadline (dfl/system/deadline.py): late clients left out or used stale.
+    trained_M, on_time_M = system_deadline.server_weights(clients_M, trained_M, global_params)
+    if aggregation_weights == "uniform" and on_time_M is None:
       p_M = None
     else:
-      n_M = sample_data.sizes.astype(jnp.float32)
-      p_M = n_M / jnp.sum(n_M)
+      n_M = (sample_data.sizes.astype(jnp.float32) if aggregation_weights == "num_samples"
+             else jnp.ones(m, jnp.float32))
+      if on_time_M is not None:
+        n_M = n_M * on_time_M
+      p_M = n_M / jnp.maximum(jnp.sum(n_M), 1e-30)
     new_global = average(trained_M, p_M)
+    if on_time_M is not None:  # no client on time: the global model stays
+      new_global = jax.tree.map(lambda g, x: jnp.where(jnp.sum(n_M) > 0, g, x), new_global,
+                                global_params)
     broadcast = lambda g: jnp.broadcast_to(g, (num_nodes,) + g.shape)
     params_N = jax.tree.map(broadcast, new_global)
     sampled_N = jnp.zeros(num_nodes, jnp.int32).at[clients_M].set(1)
     metrics = RoundMetrics(loss=loss_M.mean(), transfers=jnp.int32(2 * m),
-                           sent_N=sampled_N, received_N=sampled_N)
+                           sent_N=sampled_N, received_N=sampled_N,
+                           trained_N=sampled_N.astype(bool))
     if not stateful:
       return ServerState(params_N), metrics
     if average_stats:

@@ -234,8 +234,12 @@ def modest_rounds(local_sgd: Callable, optimizer, *, num_nodes: int, sample_size
     sent_N, received_N, control = _communication(num_nodes, a, sample, delivered_S, following)
     trained = jnp.sum(sample.valid)
     loss = jnp.sum(jnp.where(sample.valid, loss_S, 0.0)) / jnp.maximum(trained, 1)
+    zeros_N = jnp.zeros(num_nodes, bool)  # for the simulated clock (dfl/system/clock.py)
     metrics = RoundMetrics(loss=loss, transfers=jnp.sum(sent_N), sent_N=sent_N,
-                           received_N=received_N, control_messages=control)
+                           received_N=received_N, control_messages=control,
+                           trained_N=zeros_N.at[sample.nodes].max(delivered_S),
+                           aggregator_N=zeros_N.at[following.nodes[:a]].max(
+                               following.valid[:a]))
     return ModestState(node_params, round_model), metrics
 
   return Algorithm(init, round_fn)

@@ -61,6 +61,10 @@ class BuildContext(NamedTuple):
   # A model with state or dropout (dfl/model_state.py): its description, initial states and
   # average_stats; loss_fn is then a StatefulLoss. None: a plain model.
   model_state: Optional[Any] = None
+  # The system model's per-node seconds of one local phase plus sending to the neighbours
+  # (dfl/system), and the tick of async_gossip (0: the fastest node's); None without one.
+  node_seconds: Optional[np.ndarray] = None
+  tick_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

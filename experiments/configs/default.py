@@ -108,7 +108,9 @@ def get_config():
   c.algorithm.aggregation_weights = "uniform"
   c.algorithm.rho = 0.05  # dfedsam/dfedsam_mgs/fedsam: SAM radius (0 = plain SGD)
   c.algorithm.gossip_steps = config_dict.placeholder(int)  # Q; None: 4 for dfedsam_mgs, else 1
-  c.algorithm.self_weight = 0.5  # gossip: β, weight on the own model vs. the neighbours' mean
+  c.algorithm.self_weight = 0.5  # gossip/async_gossip: β, weight on the own model vs. received
+  # async_gossip: j in [0, 1), each node's interval between training events is p_i * U(1-j, 1+j)
+  c.algorithm.interval_jitter = 0.0
   c.algorithm.sample_size = config_dict.placeholder(int)  # modest: s per round; None: min(10, N)
   c.algorithm.aggregators = 1  # modest: a, nodes that aggregate per round (a <= s)
   c.algorithm.success_fraction = 1.0  # modest: sf, aggregate once floor(sf * s) models arrived
@@ -170,6 +172,26 @@ def get_config():
   c.adversary.sybil_degree = 2
   c.adversary.sybil_attack = "alie"  # sybil: the model all identities send (not label_flip)
   c.adversary.seed = config_dict.placeholder(int)  # None: derived from seed
+
+  # Simulated time (dfl/system/): per-node compute speed and uplink, a virtual clock
+  # (sim_seconds in metrics.jsonl), round deadlines. Node fields take a spec: "100",
+  # "uniform:LOW,HIGH", "lognormal:mean=M,sigma=S" (seeded, one draw per node) or
+  # "trace:PATH.csv" (dfl/system/traces.py). Off: nothing is built, every figure unchanged.
+  c.system = config_dict.ConfigDict()
+  c.system.enabled = False
+  c.system.samples_per_second = "1000"  # training samples a node processes per second
+  c.system.bandwidth_bytes_per_second = "1250000"  # a node's uplink (10 Mbit/s)
+  c.system.latency_seconds = "0.05"  # paid once per round by a node that sends
+  c.system.server_bandwidth_bytes_per_second = 125e6  # fedavg/fedsam server uplink (1 Gbit/s)
+  c.system.server_latency_seconds = 0.05
+  # > 0: a round deadline (dpsgd/dfedavg/dfedavgm/dfedsam/gossip/fedavg/fedsam): nodes whose
+  # local phase plus sending takes longer are late (dropped_update_fraction in metrics.jsonl)
+  c.system.deadline_seconds = 0.0
+  c.system.late_updates = "drop"  # late updates: drop (left out) | stale (round-start model)
+  c.system.tick_seconds = 0.0  # async_gossip: one tick; 0 = the fastest node's period
+  # sigma > 0: each round, node i's compute time x exp(sigma z - sigma^2/2), z ~ N(0,1) per round
+  c.system.compute_jitter = 0.0
+  c.system.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.train = config_dict.ConfigDict()
   c.train.rounds = 200

@@ -1,0 +1,1 @@
+"""Simulated time: the system model (devices, links), the host clock, round deadlines."""
