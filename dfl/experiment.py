@@ -74,7 +74,6 @@ class Experiment:
   samples_N: Any = None  # [N] samples a node reads in a round it trains (with a system model)
   _static_mixing: Any = None  # the static graph's operator, built on first use
 
-
   def mixing_for(self, begin: int, end: int):
     """(mixing operator(s), per_round) for rounds [begin, end): the graph's one operator, or
     one per round stacked on a leading R axis for a time-varying graph."""
