@@ -99,6 +99,8 @@ def test_dfedsam_configs_load_and_validate(module):
     for algorithm in ("dpsgd", "dfedavg", "dfedavgm", "dfedsam", "dfedsam_mgs", "fedavg", "fedsam"):
       c = get_config(arg)
       c.algorithm.name = algorithm
+      if algorithm == "dfedavg":  # plain local SGD: the config's momentum is dfedavgm's
+        c.algorithm.momentum = None
       validate_config(c)
   c = get_config()
   # da-dpfl fedml_dfedsam/*.sh: --cs random --frac 0.1 (10 of 100 per round), --rho 0.01,

@@ -187,7 +187,9 @@ SELF_WEIGHT = Hyperparameter(
                             f"for async_gossip, got {a.self_weight}."))
 
 
-@registry.register("async_gossip", uses_topology=True, hyperparameters=(
+# Buffers of the neighbours' models: a fixed graph (no time-varying topology, no schedule).
+@registry.register("async_gossip", uses_topology=True, static_topology_only=True,
+                   hyperparameters=(
     common.LR, common.LR_DECAY, common.LOCAL_STEPS, common.BATCH_SIZE, common.WEIGHT_DECAY,
     common.CLIP_NORM, common.MOMENTUM, SELF_WEIGHT, INTERVAL_JITTER))
 def build(a, ctx) -> Algorithm:
