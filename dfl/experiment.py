@@ -107,6 +107,15 @@ def init_node_variables(model, input_shape, num_nodes: int, key: jax.Array, same
   return jax.vmap(init)(jax.random.split(key, num_nodes))
 
 
+def _init_cache_key(model, input_shape, num_nodes: int, same_init: bool):
+  """What the initialisation program depends on, or None when the model cannot be a key."""
+  try:
+    hash(model)
+  except TypeError:
+    return None
+  return ("init_node_variables", model, tuple(input_shape), num_nodes, bool(same_init))
+
+
 def topology_options(topology_config) -> dict:
   """Graph-specific fields of the topology section (degree, edge probability, ...)."""
   common = {"name", "weights", "mixing_form", "seed"}
@@ -226,7 +235,8 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   root = jax.random.key(config.seed)
   init_params, init_model_state = model_state_lib.split_variables(placement.build(
       lambda key: init_node_variables(model, dataset.input_shape, n, key, config.model.same_init),
-      jax.random.fold_in(root, _INIT_STREAM)))
+      jax.random.fold_in(root, _INIT_STREAM),
+      cache_key=_init_cache_key(model, dataset.input_shape, n, config.model.same_init)))
   l2 = float(config.model.get("l2", 0.0))
   average_stats = config.model.get("average_stats", True)
   loss_fn, stateful = model_loss(config.model.name, model, init_model_state, l2=l2,

@@ -136,10 +136,17 @@ class NodePlacement:
     host = np.asarray(array)
     return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
 
-  def build(self, fn: Callable, *args) -> PyTree:
+  def build(self, fn: Callable, *args, cache_key=None) -> PyTree:
     """fn(*args) computed under jit straight into the sharded layout (each device builds its
-    own nodes, nothing of size N is materialised on one device)."""
-    return jax.jit(lambda *a: self.constrain(fn(*a)))(*args)
+    own nodes, nothing of size N is materialised on one device). With a hashable `cache_key`
+    naming what fn computes, the compiled program is kept for the next build of that key (the
+    runs of a batch initialise the same model: one compilation, not one per run)."""
+    if cache_key is None:
+      return jax.jit(lambda *a: self.constrain(fn(*a)))(*args)
+    key = (cache_key, self.mesh)
+    if key not in _BUILDERS:
+      _BUILDERS[key] = jax.jit(lambda *a: self.constrain(fn(*a)))
+    return _BUILDERS[key](*args)
 
   def runner(self, run_chunk: Callable) -> Callable:
     """run_chunk (from `dfl.engine`) as one SPMD program: state stays node-sharded across
@@ -154,6 +161,9 @@ class NodePlacement:
     run.jitted = jitted  # for HLO inspection (run.jitted.lower(...).compile().as_text())
     run._cache_size = jitted._cache_size  # compilation count, as on any jitted function
     return run
+
+
+_BUILDERS: dict = {}  # NodePlacement.build's compiled programs by cache_key
 
 
 def make_placement(mesh_config, num_nodes: int) -> NodePlacement:
