@@ -23,6 +23,7 @@ from dfl.data.augment import AUGMENTATIONS
 from dfl.errors import UserError
 from dfl.imports import is_import_path
 from dfl.data.partition import PARTITIONS
+from dfl.system import availability as system_availability
 from dfl.system import deadline as system_deadline
 from dfl.system import model as system_model
 from dfl.layers import CONV_IMPLS
@@ -133,6 +134,12 @@ def _validate_system(config) -> None:
              f"system.deadline_seconds={system.deadline_seconds} acts inside the rounds of "
              f"{sorted(system_deadline.SUPPORTS_DEADLINE)}, not algorithm.name={a.name!r}; "
              "leave it 0.")
+  availability = system.get("availability", "none")
+  if system_availability.parse_availability(availability).kind != "none":
+    _require(a.name in system_deadline.SUPPORTS_DEADLINE,
+             f"system.availability={availability!r} acts inside the rounds of "
+             f"{sorted(system_deadline.SUPPORTS_DEADLINE)} (through the round deadline hook), "
+             f"not algorithm.name={a.name!r}; leave it 'none'.")
   _require(a.name != "async_gossip" or system.compute_jitter == 0.0,
            f"system.compute_jitter={system.compute_jitter} varies synchronous rounds; "
            "algorithm.name='async_gossip' draws its own intervals: use algorithm.interval_jitter "

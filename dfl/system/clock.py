@@ -37,6 +37,11 @@ FedAvg round min(D, max_k(...)) + the broadcast; the late nodes (`late_N`, decid
 dfl/system/deadline.py from the same T_i) are reported as `dropped_update_fraction`, the late
 updates over the updates due (trained nodes) in the evaluation period.
 
+Availability (system.availability, dfl/system/availability.py): the clock holds the run's
+[R, N] online table; in round t an offline node neither trains nor sends (its compute and
+upload count 0, so no round waits for it) and its update is not due; `offline_fraction` is the
+mean over the evaluation period's rounds of the fraction of nodes offline.
+
 Per-round compute jitter (system.compute_jitter = sigma > 0): c_i of round t is multiplied by
 compute_factors(fold_in(train_key, t))_i, recomputed here from the run's key.
 
@@ -45,7 +50,8 @@ neighbours share it, as if pipelined); no contention at receivers (downlinks are
 MoDeST's timeout is not modelled (a round with fewer than q deliveries waits for all of them),
 and with sf < 1 the clock counts the q fastest arrivals while the compiled aggregation uses a
 random q of the delivered models (identical at the default sf = 1); control messages (MoDeST's
-probes) take no time.
+probes) take no time; the FedAvg server's broadcast counts the receivers the algorithm reports,
+offline clients included.
 """
 from __future__ import annotations
 
@@ -159,6 +165,8 @@ class SimClock:
     self.due = 0  # updates due (nodes that trained), cumulative
     self.period_late = 0
     self.period_due = 0
+    self.period_offline = 0  # offline (round, node) pairs in the period
+    self.period_rounds = 0
 
   def round_seconds(self, sent_N, received_N, message_bytes, trained_N=None,
                     aggregator_N=None) -> float:
@@ -186,6 +194,13 @@ class SimClock:
     bytes_R = (None if metrics.message_bytes is None
                else np.broadcast_to(np.asarray(metrics.message_bytes, np.int64), (rounds,)))
     samples_N = self.samples_N
+    table_RxN = self.system.online_RxN
+    online_RxN = np.ones((rounds, n), bool)
+    if table_RxN is not None:  # offline nodes neither train nor send
+      # the rows the device read (its gather clamps past the table's end)
+      online_RxN = table_RxN[np.minimum(self.rounds + np.arange(rounds), len(table_RxN) - 1)]
+      trained_RxN = online_RxN if trained_RxN is None else trained_RxN & online_RxN
+      sent_RxN = np.where(online_RxN, sent_RxN, 0)
     for r in range(rounds):
       if self.system.compute_jitter > 0:  # this round's compute factors, as on device
         self.samples_N = samples_N * np.asarray(self._factors(self.train_key, self.rounds),
@@ -199,6 +214,8 @@ class SimClock:
     self.period_due = int(rounds * n if trained_RxN is None else trained_RxN.sum())
     self.period_late = 0 if late_RxN is None else int(late_RxN.sum())
     self.due += self.period_due
+    self.period_offline = int((~online_RxN).sum())
+    self.period_rounds = rounds
     self.late += self.period_late
 
   def as_dict(self) -> dict:
@@ -206,18 +223,24 @@ class SimClock:
     if self.system.deadline > 0:
       record["dropped_update_fraction"] = (self.period_late / self.period_due
                                            if self.period_due else 0.0)
+    if self.system.online_RxN is not None:
+      pairs = self.period_rounds * self.system.num_nodes
+      record["offline_fraction"] = self.period_offline / pairs if pairs else 0.0
     return record
 
   def state_dict(self) -> dict:
     return {"seconds": self.seconds.hex(), "rounds": self.rounds, "late": self.late,
             "due": self.due,
-            "period_late": self.period_late, "period_due": self.period_due}
+            "period_late": self.period_late, "period_due": self.period_due,
+            "period_offline": self.period_offline, "period_rounds": self.period_rounds}
 
   def load_state_dict(self, saved: dict) -> None:
     self.seconds = float.fromhex(saved["seconds"])
     self.rounds = int(saved["rounds"])
     self.late, self.due = int(saved["late"]), int(saved["due"])
     self.period_late, self.period_due = int(saved["period_late"]), int(saved["period_due"])
+    self.period_offline = int(saved.get("period_offline", 0))
+    self.period_rounds = int(saved.get("period_rounds", 0))
 
 
 def modest_quorum(success_fraction: float, sample_size: int) -> int:

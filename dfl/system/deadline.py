@@ -19,13 +19,22 @@ and the round-start models x^t, which two small hooks read:
     clients' models (drop; none on time: x^{t+1} = x^t), or uses x^t in place of a late
     client's model (stale).
 
-`RoundMetrics.late_N` reports the late nodes among those that trained; the clock turns it into
+Offline nodes (system.availability, dfl/system/availability.py; the [R, N] online table is a
+program constant read at the round index) are late nodes in drop mode whatever
+system.late_updates says: their y_j is x_j^t and their neighbours (or the server) leave them
+out. With late_updates=stale and a deadline, late online nodes are still used stale. Without a
+deadline (deadline_seconds = 0) only the offline nodes are affected.
+
+`RoundMetrics.late_N` reports the late nodes among those that trained and were online (offline
+nodes are not counted late: the clock reports them as `offline_fraction`); the clock turns it into
 `dropped_update_fraction`. Who is late depends only on the fixed per-node figures and the
 round's graph (and, with system.compute_jitter > 0, the round's compute factors): with fixed
 speeds and no jitter the same nodes are late every round.
 
-Deviations: messages are counted as sent even when late (they were, after the deadline); a late
-node's local optimizer state (momentum with keep_optimizer_state) still advances.
+Deviations: messages are counted as sent even when late (they were, after the deadline), and an
+offline node's messages too (sent_N / transfers are the inner algorithm's); a late or offline
+node's local optimizer state (momentum with keep_optimizer_state) still advances; an offline
+node, like a late one, still mixes its round-start model with its online neighbours' models.
 """
 from __future__ import annotations
 
@@ -45,7 +54,8 @@ SUPPORTS_DEADLINE = GOSSIP_FAMILY | SERVER_FAMILY
 
 
 class _Context(NamedTuple):
-  late_N: Any
+  late_N: Any  # [N] bool: updates replaced by the round-start model (late or offline)
+  dropped_N: Any  # [N] bool: left out of the neighbours' mix / the server's mean; None: none
   start_params: Any
   mode: str
   steps: list  # gossip steps traced so far this round
@@ -59,8 +69,8 @@ def current() -> Optional[_Context]:
 
 
 @contextlib.contextmanager
-def _deadline_context(late_N, start_params, mode: str):
-  _STACK.append(_Context(late_N, start_params, mode, []))
+def _deadline_context(late_N, dropped_N, start_params, mode: str):
+  _STACK.append(_Context(late_N, dropped_N, start_params, mode, []))
   try:
     yield
   finally:
@@ -114,8 +124,8 @@ def deadline_mixer(inner=None):
       return inner(mixing, params)
     ctx.steps.append(None)
     params = _select(ctx.late_N, ctx.start_params, params)
-    if ctx.mode == "drop":
-      mixing = drop_late(mixing, ctx.late_N)
+    if ctx.dropped_N is not None:
+      mixing = drop_late(mixing, ctx.dropped_N)
     return inner(mixing, params)
   return step
 
@@ -130,14 +140,18 @@ def server_weights(clients_M, trained_M, start_model):
   late_M = ctx.late_N[clients_M]
   if ctx.mode == "stale":
     start_M = jax.tree.map(lambda g, y: jnp.broadcast_to(g, y.shape), start_model, trained_M)
-    return _select(late_M, start_M, trained_M), None
-  return trained_M, (~late_M).astype(jnp.float32)
+    trained_M = _select(late_M, start_M, trained_M)
+  if ctx.dropped_N is None:
+    return trained_M, None
+  return trained_M, (~ctx.dropped_N[clients_M]).astype(jnp.float32)
 
 
 def with_deadline(algorithm, kind: str, system, samples_N: np.ndarray, model_bytes: int):
-  """The algorithm under system.deadline_seconds; `kind` is "gossip" or "server"."""
+  """The algorithm under system.deadline_seconds and system.availability (its online table);
+  `kind` is "gossip" or "server"."""
   from dfl.algorithms.base import Algorithm
   deadline, mode = float(system.deadline), system.late_updates
+  online_RxN = system.online_RxN
   compute_N = np.asarray(samples_N, np.float64) / system.samples_per_second_N
 
   def init(params_N):
@@ -156,8 +170,14 @@ def with_deadline(algorithm, kind: str, system, samples_N: np.ndarray, model_byt
       compute_N = compute_N * compute_factors(inputs.key, n, system.compute_jitter)
     seconds_N = compute_N + jnp.where(
         sent_N > 0, state.latency_N + sent_N * float(model_bytes) / state.bandwidth_N, 0.0)
-    late_N = seconds_N > deadline
-    with _deadline_context(late_N, state.inner.params, mode):
+    late_N = seconds_N > deadline if deadline > 0 else jnp.zeros(n, bool)
+    replaced_N, offline_N = late_N, None
+    if online_RxN is not None:  # this round's row of the host-computed table
+      offline_N = ~jnp.asarray(online_RxN)[inputs.round]
+      replaced_N = late_N | offline_N
+      late_N = late_N & ~offline_N
+    dropped_N = replaced_N if mode == "drop" else offline_N
+    with _deadline_context(replaced_N, dropped_N, state.inner.params, mode):
       inner, metrics = algorithm.round(state.inner, inputs)
     trained_N = metrics.trained_N
     late_N = late_N if trained_N is None else late_N & trained_N.astype(bool)

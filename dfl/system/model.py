@@ -24,7 +24,8 @@ so who is slow changes from round to round.
 The server of fedavg/fedsam has its own uplink `system.server_bandwidth_bytes_per_second` and
 latency `system.server_latency_seconds` (plain numbers). `system.deadline_seconds` > 0 sets a
 round deadline (dfl/system/deadline.py), `system.late_updates` what happens to late updates
-(drop | stale), `system.tick_seconds` the tick of async_gossip (0: the fastest node's period).
+(drop | stale), `system.tick_seconds` the tick of async_gossip (0: the fastest node's period),
+`system.availability` which nodes are online per round (dfl/system/availability.py; "none").
 
 With `system.enabled=False` (the default) none of this is built and every other field must keep
 its default.
@@ -47,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dfl.errors import UserError
+from dfl.system import availability as availability_lib
 from dfl.system import traces
 
 NODE_FIELDS = ("samples_per_second", "bandwidth_bytes_per_second", "latency_seconds")
@@ -57,7 +59,7 @@ SPEC_FORMS = ('a number ("100")', '"uniform:LOW,HIGH"', '"lognormal:mean=M,sigma
 DEFAULTS = {"samples_per_second": "1000", "bandwidth_bytes_per_second": "1250000",
             "latency_seconds": "0.05", "server_bandwidth_bytes_per_second": 125e6,
             "server_latency_seconds": 0.05, "deadline_seconds": 0.0, "late_updates": "drop",
-            "tick_seconds": 0.0, "compute_jitter": 0.0, "seed": None}
+            "tick_seconds": 0.0, "compute_jitter": 0.0, "availability": "none", "seed": None}
 SAM_ALGORITHMS = {"dfedsam", "dfedsam_mgs", "fedsam"}
 _STREAMS = {name: i for i, name in enumerate(NODE_FIELDS)}
 JITTER_STREAM = 2**31 - 9  # fold_in tag of the per-round compute factors, apart from node keys
@@ -158,6 +160,7 @@ class SystemModel:
   late_updates: str = "drop"
   tick_seconds: float = 0.0  # async_gossip; 0: resolved by the experiment
   compute_jitter: float = 0.0  # sigma of the per-round log-normal compute factor; 0: none
+  online_RxN: Optional[np.ndarray] = None  # [R, N] bool, system.availability; None: all online
 
   @property
   def num_nodes(self) -> int:
@@ -191,10 +194,12 @@ def check_section(system, num_nodes: int) -> None:
     raise UserError(f"Unknown system.late_updates={system.late_updates!r}; valid: "
                     f"{list(LATE_UPDATES)} (drop: late models are left out; stale: their "
                     "round-start model is used instead).")
+  availability_lib.parse_availability(system.get("availability", "none"))
 
 
-def build_system(system, num_nodes: int, seed: int) -> Optional[SystemModel]:
-  """The SystemModel of a `system` section, or None when it is absent or disabled."""
+def build_system(system, num_nodes: int, seed: int, rounds: int = 0) -> Optional[SystemModel]:
+  """The SystemModel of a `system` section, or None when it is absent or disabled; `rounds`:
+  the rows of the availability table (train.rounds)."""
   if system is None or not system.enabled:
     return None
   check_section(system, num_nodes)
@@ -209,7 +214,9 @@ def build_system(system, num_nodes: int, seed: int) -> Optional[SystemModel]:
                      deadline=float(system.deadline_seconds),
                      late_updates=str(system.late_updates),
                      tick_seconds=float(system.tick_seconds),
-                     compute_jitter=float(system.compute_jitter))
+                     compute_jitter=float(system.compute_jitter),
+                     online_RxN=availability_lib.availability_table(
+                         system.get("availability", "none"), num_nodes, rounds, seed))
 
 
 def samples_read(steps, shard_N, batch_size: int) -> np.ndarray:

@@ -38,7 +38,7 @@ def out_degrees(topology) -> np.ndarray:
 
 
 def build(config, shard_sizes, topology, model_bytes: int, seed: int) -> Optional[SystemSetup]:
-  model = build_system(config.get("system"), config.num_nodes, seed)
+  model = build_system(config.get("system"), config.num_nodes, seed, int(config.train.rounds))
   if model is None:
     return None
   a = config.algorithm
@@ -50,9 +50,15 @@ def build(config, shard_sizes, topology, model_bytes: int, seed: int) -> Optiona
   return SystemSetup(model, samples_N, seconds_N)
 
 
+def hooked(setup: Optional[SystemSetup]) -> bool:
+  """Whether the round hook of dfl/system/deadline.py is needed: a deadline or availability."""
+  return setup is not None and (setup.model.deadline > 0 or setup.model.online_RxN is not None)
+
+
 def mixer(setup: Optional[SystemSetup], config, inner):
-  """The gossip step under a deadline (the inner mixer, None for plain gossip, otherwise)."""
-  if setup is None or setup.model.deadline <= 0:
+  """The gossip step under a deadline or availability (the inner mixer, None for plain gossip,
+  otherwise)."""
+  if not hooked(setup):
     return inner
   if config.algorithm.name not in deadline_lib.GOSSIP_FAMILY:
     return inner
@@ -60,8 +66,8 @@ def mixer(setup: Optional[SystemSetup], config, inner):
 
 
 def wrap(setup: Optional[SystemSetup], config, algorithm, model_bytes: int):
-  """The algorithm with its round deadline (unchanged without one)."""
-  if setup is None or setup.model.deadline <= 0:
+  """The algorithm with its round deadline and offline nodes (unchanged without either)."""
+  if not hooked(setup):
     return algorithm
   kind = "server" if config.algorithm.name in deadline_lib.SERVER_FAMILY else "gossip"
   return deadline_lib.with_deadline(algorithm, kind, setup.model, setup.samples_N, model_bytes)

@@ -191,6 +191,10 @@ def get_config():
   c.system.tick_seconds = 0.0  # async_gossip: one tick; 0 = the fastest node's period
   # sigma > 0: each round, node i's compute time x exp(sigma z - sigma^2/2), z ~ N(0,1) per round
   c.system.compute_jitter = 0.0
+  # Who is online per round (same algorithms as the deadline; offline = dropped, takes no time;
+  # offline_fraction in metrics.jsonl): "none" | "markov:p_fail=F,p_recover=R" |
+  # "trace:PATH.csv" (columns device,start_round,end_round; dfl/system/availability.py)
+  c.system.availability = "none"
   c.system.seed = config_dict.placeholder(int)  # None: derived from seed
 
   c.train = config_dict.ConfigDict()
