@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 
 import numpy as np
@@ -44,8 +43,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from dfl.experiment import build_experiment  # noqa: E402
 from dfl.system.model import node_seconds  # noqa: E402
 from dfl.system.setup import out_degrees  # noqa: E402
-from dfl.train import train_and_evaluate  # noqa: E402
 from experiments.configs import default  # noqa: E402
+from experiments.modest_comparison import run  # noqa: E402  (trains or reuses a finished run)
 from launch.report import first_reaching  # noqa: E402
 
 TRACE = "trace:experiments/traces/devices.csv"
@@ -110,17 +109,6 @@ def deadline_for(config, quantile: float) -> float:
             else out_degrees(exp.topology))
   return float(np.quantile(node_seconds(exp.system, exp.samples_N, sent_N, exp.model_bytes),
                            quantile))
-
-
-def run(config, workdir: str) -> list[dict]:
-  config_path = os.path.join(workdir, "config.json")
-  reusable = (os.path.exists(os.path.join(workdir, "summary.json"))
-              and os.path.exists(config_path)
-              and json.load(open(config_path)) == json.loads(config.to_json()))
-  if not reusable:
-    train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def settings(args):

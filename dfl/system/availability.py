@@ -41,15 +41,13 @@ experiments/traces/make_device_trace.py --availability (a markov draw turned int
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
-import os
 
 import numpy as np
 
-from dfl.errors import MissingInputError, UserError
-from dfl.system.traces import resolve_path
+from dfl.errors import UserError
+from dfl.system.traces import csv_rows, resolve_path
 
 FORMS = ('"none"', '"markov:p_fail=F,p_recover=R"', '"trace:PATH.csv"')
 AVAILABILITY_STREAM = 7  # the rng stream of the markov draws, apart from the node fields' 0..2
@@ -114,11 +112,7 @@ def markov_table(p_fail: float, p_recover: float, num_nodes: int, rounds: int,
 def read_intervals(path: str) -> dict[int, list[tuple[int, int]]]:
   """{device: [(start_round, end_round), ...]}; raises UserError naming the file, row, column."""
   path = resolve_path(path)
-  if not os.path.exists(path):
-    raise MissingInputError(f"system.availability trace file {path!r} does not exist.")
-  with open(path, newline="") as f:
-    lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
-  rows = list(csv.reader(lines))
+  rows = csv_rows(path, "system.availability trace file")
   header = [h.strip() for h in rows[0]] if rows else []
   if sorted(header) != sorted(TRACE_COLUMNS):
     raise UserError(f"availability trace {path!r}: header {header}; expected the columns "

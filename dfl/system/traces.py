@@ -41,15 +41,21 @@ def resolve_path(path: str) -> str:
   return candidate if os.path.exists(candidate) else path
 
 
+def csv_rows(path: str, what: str) -> list[list[str]]:
+  """The rows of a CSV file (blank lines and '#' comments skipped); MissingInputError naming
+  `what` and the path when it does not exist."""
+  if not os.path.exists(path):
+    raise MissingInputError(f"{what} {path!r} does not exist.")
+  with open(path, newline="") as f:
+    lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
+  return list(csv.reader(lines))
+
+
 def read_trace(path: str) -> dict[str, np.ndarray]:
   """{column: values [R] float64} for the rows sorted by `device`; raises UserError naming the
   file, line and column of a bad value."""
   path = resolve_path(path)
-  if not os.path.exists(path):
-    raise MissingInputError(f"trace file {path!r} does not exist.")
-  with open(path, newline="") as f:
-    lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
-  rows = list(csv.reader(lines))
+  rows = csv_rows(path, "trace file")
   if not rows:
     raise UserError(f"trace file {path!r} is empty; expected a header "
                     f"'device,{','.join(COLUMNS)}' and one row per device.")
