@@ -1,7 +1,7 @@
 """Does the graph matter? DFedAvg and D-PSGD on a ring and on the complete graph, 3 seeds.
 
     python -m launch.sweep --config experiments/configs/topology_sweep.py --root runs/topology_sweep \
-        --batch_seeds --parallel 2
+        --parallel 2
     python -m launch.report runs/topology_sweep --target=0.8
 
 16 nodes on digits (Dirichlet alpha = 0.5), 100 rounds, about 2 minutes on 2 CPU cores. Expect
