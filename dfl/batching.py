@@ -41,7 +41,7 @@ from dfl.algorithms.base import RoundInputs
 from dfl.algorithms.registry import batchable_values
 from dfl.algorithms.modest import check_batchable_quorum
 from dfl.engine import make_batch_chunk_runner
-from dfl.experiment import Experiment, mixing_operator, use_sparse_mixing
+from dfl.experiment import Experiment, use_sparse_mixing
 from dfl.local import NodeData
 from dfl.mixing import DenseMixing, SparseMixing
 
@@ -186,11 +186,7 @@ class RunBatch:
 
   def mixing_for(self, begin: int, end: int):
     """(mixing, per_round, per_run) for rounds [begin, end): shared by the runs when equal."""
-    def ops(exp):
-      each = [mixing_operator(exp.topology, t, self.sparse)
-              for t in (range(begin, end) if exp.topology.time_varying else [begin])]
-      return _stack(each) if exp.topology.time_varying else each[0]
-    per_run = [ops(e) for e in self.exps]
+    per_run = [e.mixing_for(begin, end)[0] for e in self.exps]  # (one mixing form: checked)
     if self.sparse:
       width = max(m.indices.shape[-1] for m in per_run)
       per_run = [_pad_sparse(m, width) for m in per_run]

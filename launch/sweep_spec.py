@@ -149,10 +149,7 @@ def with_overrides(config: config_dict.ConfigDict, overrides: Overrides) -> conf
   config = copy.deepcopy(config)
   with config.unlocked():
     for field, text in overrides:
-      *path, leaf = field.split(".")
-      node = config
-      for part in path:
-        node = node[part]
+      node, leaf = _parent(config, field)
       try:
         node[leaf] = parse_value(text, node.get_type(leaf))
       except (ValueError, SyntaxError, TypeError) as e:
@@ -164,12 +161,17 @@ def with_values(config: config_dict.ConfigDict, values: dict[str, Any]) -> confi
   """`config` (changed in place) with the dotted fields of `values` set to those values."""
   with config.unlocked():
     for field, value in values.items():
-      *path, leaf = field.split(".")
-      node = config
-      for part in path:
-        node = node[part]
+      node, leaf = _parent(config, field)
       node[leaf] = value
   return config
+
+
+def _parent(config: config_dict.ConfigDict, field: str):
+  """(the section holding dotted `field`, its last name)."""
+  *path, leaf = field.split(".")
+  for part in path:
+    config = config[part]
+  return config, leaf
 
 
 def check_runs(config: config_dict.ConfigDict, runs: Sequence[Overrides],

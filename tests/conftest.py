@@ -68,6 +68,17 @@ def shared_data_dir() -> pathlib.Path:
   return path
 
 
+def with_fields(c, fields: dict):
+  """`c` with fields given as section__field=value set (in place)."""
+  for dotted, value in fields.items():
+    node = c
+    *path, leaf = dotted.split("__")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
 def tiny_config(**overrides):
   """A few-second config: 4 nodes on digits, a small MLP, few rounds."""
   c = default.get_config()
@@ -78,12 +89,7 @@ def tiny_config(**overrides):
   c.train.rounds = 4
   c.eval.every_rounds = 2
   c.eval.local_examples = 100
-  for dotted, value in overrides.items():
-    node = c
-    *path, leaf = dotted.split("__")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  with_fields(c, overrides)
   if c.algorithm.name in ONE_GRADIENT_PER_ROUND and "algorithm__local_steps" not in overrides:
     c.algorithm.local_steps = None  # exact diffusion and QGM take one gradient per round
   return c

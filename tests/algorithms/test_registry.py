@@ -21,7 +21,7 @@ from dfl.mixing import DenseMixing
 from experiments.configs import default
 from launch import sweep
 from tests.algorithms._tiny import N, ring_W, tiny_problem
-from tests.conftest import REPO
+from tests.conftest import REPO, with_fields
 
 NAMES = sorted(ALGORITHMS)
 SIZES = (12, 7, 5, 12)
@@ -250,14 +250,7 @@ def test_sweep_rule_for_unused_fields(tmp_path):
 # ------------------------------------------------------------------ batching
 
 def config(**fields):
-  c = default.get_config()
-  for dotted, value in fields.items():
-    node = c
-    *path, leaf = dotted.split("__")
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return c
+  return with_fields(default.get_config(), fields)
 
 
 def test_batchable_values_resolve_the_defaults():

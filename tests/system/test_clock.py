@@ -72,17 +72,15 @@ def _modest_system():
 def test_modest_aggregator_waits_for_floor_of_s_times_sf():
   # s = 4, sf = 0.5: q = floor(2.0) = 2. Aggregator 4 (not a participant); arrivals
   # [1.1, 0.6, 0.35, 2.1] -> the 2nd is 0.6; it sends x^{k+1} to 4 nodes: 0.05 + 4*10/100.
-  clock = SimClock(_modest_system(), "modest", [10] * 5, 10, quorum=2)
-  clock.add(_metrics([1, 1, 1, 1, 4], [0, 0, 0, 0, 4],
-                     trained_N=[True, True, True, True, False],
-                     aggregator_N=[False, False, False, False, True]))
-  assert clock.seconds == pytest.approx(0.6 + 0.45, abs=1e-12)
+  def round_with_quorum(quorum):
+    clock = SimClock(_modest_system(), "modest", [10] * 5, 10, quorum=quorum)
+    clock.add(_metrics([1, 1, 1, 1, 4], [0, 0, 0, 0, 4],
+                       trained_N=[True, True, True, True, False],
+                       aggregator_N=[False, False, False, False, True]))
+    return clock.seconds
+  assert round_with_quorum(2) == pytest.approx(0.6 + 0.45, abs=1e-12)
   # sf = 1 (q = 4): the last arrival, 2.1.
-  all_four = SimClock(_modest_system(), "modest", [10] * 5, 10, quorum=4)
-  all_four.add(_metrics([1, 1, 1, 1, 4], [0, 0, 0, 0, 4],
-                        trained_N=[True, True, True, True, False],
-                        aggregator_N=[False, False, False, False, True]))
-  assert all_four.seconds == pytest.approx(2.1 + 0.45, abs=1e-12)
+  assert round_with_quorum(4) == pytest.approx(2.1 + 0.45, abs=1e-12)
 
 
 def test_modest_aggregator_among_the_participants():
