@@ -26,6 +26,7 @@ from dfl.data.partition import PARTITIONS
 from dfl.system import availability as system_availability
 from dfl.system import deadline as system_deadline
 from dfl.system import model as system_model
+from dfl.evaluation import LOCAL_SUBSETS
 from dfl.layers import CONV_IMPLS
 from dfl.models import MODELS, NORM_MODELS, REGRESSION_MODELS
 from dfl.models_cifar import NORMS
@@ -103,6 +104,11 @@ def validate_config(config) -> None:
   except ValueError as e:
     raise ValueError(f"train.execution: {e}") from None
   _require(config.train.rounds >= 1, f"train.rounds must be >= 1, got {config.train.rounds}.")
+  _require(config.eval.local_subset in LOCAL_SUBSETS,
+           f"Unknown eval.local_subset={config.eval.local_subset!r}; valid: {list(LOCAL_SUBSETS)}.")
+  _require(isinstance(config.eval.local_examples, int) and config.eval.local_examples >= 0,
+           f"eval.local_examples must be an integer >= 0 (0: the whole test set), got "
+           f"{config.eval.local_examples!r}.")
   _require(config.eval.every_rounds >= 1,
            f"eval.every_rounds must be >= 1, got {config.eval.every_rounds}.")
   _validate_system(config)

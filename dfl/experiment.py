@@ -284,6 +284,7 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   evaluate = make_evaluator(model.apply, dataset.x_test, dataset.y_test,
                             batch_size=config.eval.batch_size,
                             local_examples=config.eval.local_examples,
+                            local_subset=config.eval.local_subset,
                             execution_strategy=config.train.execution,
                             personal_splits=personal,
                             regression=config.model.name in REGRESSION_MODELS, optimum=optimum,

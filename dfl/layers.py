@@ -15,7 +15,11 @@ runs every local step (`lax.scan`, and `lax.map` over nodes), the same convoluti
 slower (in a jax.profiler trace the kernel-gradient convolution alone took 145 ms per step,
 against 28 ms for the whole gradient at the top level; README "Performance"). As matmuls they
 keep the full rate inside loops and, vmapped, become batched matmuls instead of grouped
-convolutions. `auto` = im2col on CPU, xla elsewhere.
+convolutions. `auto` = im2col on CPU, xla elsewhere; but inside `forward_only()` (evaluation:
+no gradient is taken) `auto` = xla everywhere, because XLA:CPU's forward convolution keeps its
+rate inside loops and im2col's patch tensor (LeNet-sized CNN: 627 KB per example) makes the
+forward memory-bound: 10,000 test images through the CNN in a scan of 250-image batches took
+4.4 s with xla against 9.4 s with im2col (issue 20's profile, docs/performance.md).
 
 `max_pool_2x2` is the 2x2 / stride-2 max-pool as a reshape and a max: `nn.max_pool`'s gradient
 (select-and-scatter, with a value/index reduce-window) took ~30% of the CNN's step on CPU; the
@@ -25,7 +29,9 @@ ReLU the ties are zeros, whose gradient the ReLU drops anyway).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,20 +40,35 @@ from absl import logging
 
 CONV_IMPLS = ("auto", "xla", "im2col")
 _logged: set[tuple[str, str]] = set()
+_forward_only: contextvars.ContextVar[bool] = contextvars.ContextVar("dfl_forward_only",
+                                                                      default=False)
+
+
+@contextlib.contextmanager
+def forward_only() -> Iterator[None]:
+  """Convolutions traced inside the block are never differentiated (evaluation): `auto`
+  resolves to xla on every backend (module docstring)."""
+  token = _forward_only.set(True)
+  try:
+    yield
+  finally:
+    _forward_only.reset(token)
 
 
 def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
-  """'auto' -> 'im2col' on CPU, 'xla' on accelerators; validates the name."""
+  """'auto' -> 'im2col' on CPU, 'xla' on accelerators and under `forward_only()`; validates
+  the name."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"Unknown convolution implementation model.conv={impl!r}; "
                      f"valid: {list(CONV_IMPLS)}.")
   if impl != "auto":
     return impl
   backend = backend or jax.default_backend()
-  choice = "im2col" if backend == "cpu" else "xla"
+  choice = "im2col" if backend == "cpu" and not _forward_only.get() else "xla"
   if (backend, choice) not in _logged:
     _logged.add((backend, choice))
-    logging.info("dfl.layers: model.conv=auto -> %s on %s", choice, backend)
+    logging.info("dfl.layers: model.conv=auto -> %s on %s%s", choice, backend,
+                 " (forward only: evaluation)" if _forward_only.get() else "")
   return choice
 
 

@@ -76,6 +76,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dfl.mixing import node_average
+
 PyTree = Any
 
 # Collections never carried as state: `sow` fills "intermediates" afresh at every call.
@@ -172,9 +174,7 @@ def weighted_floating(tree_N: PyTree, w_N: Optional[jax.Array] = None) -> PyTree
   def one(x):
     if not jnp.issubdtype(x.dtype, jnp.floating):
       return x[0]
-    if w_N is None:
-      return jnp.mean(x, axis=0)
-    return jnp.tensordot(w_N.astype(x.dtype), x, axes=1)
+    return node_average(x, w_N)
   return jax.tree.map(one, tree_N)
 
 

@@ -33,6 +33,7 @@ from dfl import model_state as model_state_lib
 from dfl.algorithms import common, registry
 from dfl.algorithms.base import Algorithm, RoundInputs, RoundMetrics, node_keys
 from dfl.execution import node_map
+from dfl.mixing import node_average
 from dfl.local import NodeData, make_local_sgd, make_optimizer
 from dfl.system import deadline as system_deadline
 
@@ -81,9 +82,7 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
     return ServerState(params_N)
 
   def average(trained_M, p_M):
-    if p_M is None:
-      return jax.tree.map(lambda y: jnp.mean(y, axis=0), trained_M)
-    return jax.tree.map(lambda y: jnp.tensordot(p_M.astype(y.dtype), y, axes=1), trained_M)
+    return node_average(trained_M, p_M)  # the mean when p_M is None
 
   def round_fn(state: ServerState, inputs: RoundInputs):
     clients_M = jax.random.permutation(jax.random.fold_in(inputs.key, SAMPLING_STREAM), num_nodes)[:m]

@@ -207,7 +207,12 @@ def get_config():
   c.eval = config_dict.ConfigDict()
   c.eval.every_rounds = 10  # also the number of rounds compiled into one host sync
   c.eval.batch_size = 1000
-  c.eval.local_examples = 2000  # test samples for each node's own model (0 = all)
+  # Test samples for each node's own model (0 = all): per_node = node i on its own slice of a
+  # fixed permutation of the test set, min(local_examples, ceil(test size / N)) samples, so the
+  # slices are disjoint and cover the test set at most once; shared = every node on the first
+  # local_examples (the definition before issue 20, whose default was 2000). dfl/evaluation.py.
+  c.eval.local_examples = 250
+  c.eval.local_subset = "per_node"
   c.eval.personal_test = False  # also test on per-node splits with the train label mix
   # Training batches that re-estimate the node-averaged model's BatchNorm statistics before it
   # is evaluated (as the single-merge reference does; 0 = off: the nodes' mean statistics)

@@ -4,7 +4,10 @@ A tiny run (4 nodes with independent initialisations on a lazy ring, so node 0 i
 writes metrics.jsonl and its final checkpoint; the per-node parameters are read back, averaged
 in numpy, and the MLP's forward pass is done with numpy matmuls. `test_accuracy` must be the
 node-averaged model's accuracy (not node 0's), `test_accuracy_local_mean` the mean of the nodes'
-own accuracies on the first eval.local_examples test samples, `consensus_distance`
+own accuracies on their eval.local_examples test samples (per_node: node i on samples
+(i*m + j) mod n of the test set permuted by numpy's default_rng(0), m = min(k, ceil(n / N));
+shared: the first k),
+`consensus_distance`
 (1/N) sum_i ||x_i - x̄||^2, and the per-node split figures (eval.personal_test) the means over
 nodes on each node's own split.
 """
@@ -12,6 +15,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from dfl.checkpoint import RunCheckpoints
 from dfl.experiment import build_experiment
@@ -34,10 +38,20 @@ def _accuracy(params, x, y) -> float:
   return float(np.mean(np.argmax(_mlp_logits(params, x), -1) == y))
 
 
-def test_metrics_are_the_averaged_model_and_the_nodes_own(tmp_path):
+def _local_rows(subset: str, node: int, k: int, n_test: int, n: int) -> np.ndarray:
+  if subset == "shared":
+    return np.arange(k)
+  m = min(k, -(-n_test // n))  # the slices cover the test set at most once
+  permutation = np.random.default_rng(0).permutation(n_test)
+  return permutation[[(node * m + j) % n_test for j in range(m)]]
+
+
+@pytest.mark.parametrize("subset", ["per_node", "shared"])
+def test_metrics_are_the_averaged_model_and_the_nodes_own(tmp_path, subset):
   # Lazy gossip (W = 0.1 W_ring + 0.9 I) keeps the nodes apart, so node 0 is far from the average.
   config = tiny_config(model__same_init=False, eval__personal_test=True, topology__laziness=0.9,
-                       algorithm__local_steps=5)
+                       algorithm__local_steps=5, eval__local_subset=subset,
+                       eval__local_examples=80)  # 4 x 80 <= the 359 test samples: disjoint
   train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
     final = [json.loads(line) for line in f][-1]
@@ -61,7 +75,10 @@ def test_metrics_are_the_averaged_model_and_the_nodes_own(tmp_path):
   assert abs(acc_node0 - acc_average) > 3 * one  # the check can tell node 0 from the average
 
   k = config.eval.local_examples
-  local = [_accuracy(node(i), x[:k], y[:k]) for i in range(n)]
+  rows = [_local_rows(subset, i, k, len(y), n) for i in range(n)]
+  if subset == "per_node":  # disjoint slices, k each while N * k <= n_test
+    assert n * k <= len(y) and len(np.unique(np.concatenate(rows))) == n * k
+  local = [_accuracy(node(i), x[r], y[r]) for i, r in enumerate(rows)]
   assert abs(final["test_accuracy_local_mean"] - np.mean(local)) <= 1.0 / (k * n) + 1e-6
   assert max(local) - min(local) > 0.02  # the nodes' models do differ
 
