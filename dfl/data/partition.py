@@ -8,11 +8,12 @@ shard sizes vary widely. A node left without data gets a clear error rather than
 shard, unless `min_samples` = m > 0: then every node the split leaves with fewer than m samples
 takes them, one at a time, from the largest shard of the moment (lowest index on ties; a
 uniformly drawn sample of it), which lets many nodes share a small training set (e.g. 16,384
-nodes on Fashion-MNIST's 60,000 samples, where alpha = 0.3 leaves ~8% of the nodes empty) and
-moves nothing when no node is short (the same shards as m = 0). FedML's version of it (fedml_core/non_iid_partition/noniid_partition.py, also shipped in
-the DisPFL repository but not used by its loaders) adds a retry until every client has 10
-samples and a cap on clients already above n / N; neither is done here (a retry never succeeds
-when the mean shard is a few samples).
+nodes on Fashion-MNIST's 60,000 samples, where alpha = 0.3 leaves 717 nodes empty) and moves
+nothing when no node is short (the same shards as m = 0). FedML's version of the split
+(fedml_core/non_iid_partition/noniid_partition.py, also shipped in the DisPFL repository but
+not used by its loaders) adds a retry until every client has 10 samples and a cap on clients
+already above n / N; neither is done here (a retry never succeeds when the mean shard is a few
+samples).
 `dirichlet_client`: label skew over clients, the split of DisPFL (Dai et al., "DisPFL:
 Towards Communication-Efficient Personalized Federated Learning via Decentralized Sparse
 Training", ICML 2022) and of its follow-up DA-DPFL (Long et al., 2024), whose code is DisPFL's:
