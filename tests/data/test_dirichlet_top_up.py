@@ -56,3 +56,18 @@ def test_min_samples_errors():
     partition(labels, 50, "dirichlet", alpha=0.01, min_samples=1, seed=0)
   with pytest.raises(ValueError, match=r"data.min_samples must be an integer >= 0, got -1"):
     partition(labels, 2, "dirichlet", alpha=1.0, min_samples=-1, seed=0)
+
+
+def test_min_samples_through_the_config():
+  from dfl.errors import UserError
+  from dfl.experiment import build_experiment
+  from experiments.configs import default
+  c = default.get_config()
+  c.num_nodes, c.data.alpha, c.model.name = 300, 0.05, "logreg"  # digits: 1,797 samples
+  with pytest.raises(UserError, match="nodes without data"):
+    build_experiment(c)
+  c.data.min_samples = 2
+  assert int(build_experiment(c).data.sizes.min()) == 2
+  c.data.min_samples = -1
+  with pytest.raises(UserError, match="data.min_samples must be an integer >= 0, got -1"):
+    build_experiment(c)
