@@ -69,6 +69,9 @@ def validate_config(config) -> None:
   _one_of("data.partition", config.data.partition, PARTITIONS)
   if config.data.partition in ("dirichlet", "dirichlet_client"):
     _require(config.data.alpha > 0, f"data.alpha must be > 0, got {config.data.alpha}.")
+  min_samples = config.data.get("min_samples", 0)
+  _require(isinstance(min_samples, int) and min_samples >= 0,
+           f"data.min_samples must be an integer >= 0, got {min_samples!r}.")
   if (config.data.partition == "pathological" and config.data.name in DATASETS
       and config.data.name not in SYNTHETIC_DATASETS):
     k, num_classes = config.data.classes_per_node, DATASETS[config.data.name][1]

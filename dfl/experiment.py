@@ -210,6 +210,7 @@ def build_experiment(config, *, model=None, dataset: Dataset | None = None) -> E
   with user_input(ValueError):
     shards = partition(dataset.y_train, n, scheme, alpha=config.data.alpha,
                        classes_per_node=config.data.classes_per_node,
+                       min_samples=config.data.get("min_samples", 0),
                        node_ids=dataset.node_ids_train, seed=data_seed)
   options = topology_options(config.topology)
   options.update(adversary_nodes.attached_options(config.get("adversary")))  # Sybil identities

@@ -8,6 +8,8 @@ Workloads (Fashion-MNIST, Dirichlet alpha 0.3, ring with Metropolis-Hastings wei
   W1   32 nodes, MLP 784-200-200-10, DFedSAM (rho 0.05)      W3   1024 nodes, MLP, DFedAvg
   W2   16 nodes, LeNet-5 CNN, DFedSAM (rho 0.05)             W3x2 2048 nodes (W3's scaling)
   W4   256 nodes, logistic regression 784->10, DFedAvg
+  W5   16,384 nodes, logreg, DFedAvg, exponential graph  W5h 8,192 nodes (W5's scaling); both
+       give empty Dirichlet shards a sample (data.min_samples=1) and skip the per-node loop
 DFedSAM is local SGD with the SAM gradient (`dfl.sam`) followed by one gossip step; DFedAvg is
 the same with rho = 0.
 
@@ -48,6 +50,10 @@ WORKLOADS = {
     "W4": dict(nodes=256, model="logreg", rho=0.0, rounds=5,
                torch_args=["--model", "logreg", "--nodes", "256", "--rho", "0",
                            "--skip-local-eval"]),
+    "W5": dict(nodes=16384, model="logreg", rho=0.0, rounds=2, torch_args=None,
+               topology="exponential", min_samples=1, loop=False),
+    "W5h": dict(nodes=8192, model="logreg", rho=0.0, rounds=2, torch_args=None,
+                topology="exponential", min_samples=1, loop=False),
 }
 LOCAL_STEPS, BATCH, LR, ALPHA = 5, 32, 0.1, 0.3
 
@@ -87,7 +93,9 @@ def run_workload(name: str, rounds: int, repeats: int, execution: str, data_dir:
   c.num_nodes = n
   c.data.name, c.data.dir, c.data.partition, c.data.alpha = "fashion_mnist", data_dir, "dirichlet", ALPHA
   c.model.name = spec["model"]
-  c.topology.name = "ring"
+  c.data.min_samples = spec.get("min_samples", 0)
+  c.topology.name = spec.get("topology", "ring")
+  loop_baseline = loop_baseline and spec.get("loop", True)
   c.algorithm.local_steps, c.algorithm.batch_size, c.algorithm.lr = LOCAL_STEPS, BATCH, LR
   c.train.execution = execution
   exp = build_experiment(c)

@@ -9,6 +9,7 @@ Command line: `python -m topologies NAME --num-nodes N` (see topologies/__main__
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Optional
 
@@ -147,7 +148,7 @@ def make(name: str, num_nodes: int, *, weights: str = "metropolis_hastings", see
     return W
 
   if not graph.time_varying or graph.period:
-    union = sum(graph.adjacency(t) for t in range(graph.period or 1))
+    union = functools.reduce(np.logical_or, (graph.adjacency(t) for t in range(graph.period or 1)))
     check_connected(union, what + (" (over one period)" if graph.period else ""), graph.directed)
   description = {"weights": "from edges_file" if graph.matrix is not None else weights,
                  "laziness": laziness}

@@ -9,11 +9,12 @@ _ATOL = 1e-9
 
 def support_graph(W_or_A: np.ndarray, directed: bool) -> nx.Graph:
   """The graph of the off-diagonal nonzeros (edge j -> i where node i receives from node j)."""
-  M = np.asarray(W_or_A) != 0
-  M = M & ~np.eye(M.shape[0], dtype=bool)
+  M = np.asarray(W_or_A)
   graph = nx.DiGraph() if directed else nx.Graph()
   graph.add_nodes_from(range(M.shape[0]))
-  receivers, senders = np.nonzero(M)
+  receivers, senders = np.nonzero(M)  # no [N, N] temporaries
+  off = receivers != senders
+  receivers, senders = receivers[off], senders[off]
   graph.add_edges_from(zip(senders.tolist(), receivers.tolist()))
   return graph
 

@@ -21,7 +21,7 @@ import numpy as np
 
 def degrees(adjacency: np.ndarray) -> np.ndarray:
   """In-degree of every node (its number of neighbours on an undirected graph)."""
-  return adjacency.sum(axis=1).astype(int)
+  return np.count_nonzero(adjacency, axis=1).astype(int)
 
 
 def _fill_diagonal_remainder(W: np.ndarray) -> np.ndarray:
@@ -43,7 +43,9 @@ def metropolis_hastings(adjacency: np.ndarray, directed: bool = False) -> np.nda
   if directed:
     return in_average(adjacency)
   d = degrees(adjacency)
-  W = np.where(adjacency, 1.0 / (1.0 + np.maximum(d[:, None], d[None, :])), 0.0)
+  i, j = np.nonzero(adjacency)  # only the edges: no [N, N] temporaries beyond W itself
+  W = np.zeros(adjacency.shape)
+  W[i, j] = 1.0 / (1.0 + np.maximum(d[i], d[j]))
   return _fill_diagonal_remainder(W)
 
 

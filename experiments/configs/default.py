@@ -24,6 +24,9 @@ def get_config():
   # DisPFL / DA-DPFL) | pathological | natural (the dataset's node_ids_train: writers, users)
   c.data.partition = "dirichlet"
   c.data.alpha = 0.5  # Dirichlet concentration (smaller = more label skew)
+  # dirichlet only: a node the split leaves with fewer samples takes them from the largest
+  # shards (0: none, and a node left empty is an error)
+  c.data.min_samples = 0
   c.data.classes_per_node = 2  # pathological: k, every node holds exactly k classes (Path(k))
   c.data.seed = config_dict.placeholder(int)  # None: derived from seed
   c.data.augment = "none"  # none | crop_flip (4-pixel padded random crop + flip, image data)
