@@ -70,6 +70,7 @@ def make_config(args, dataset: str, algorithm: str, membership: str = ""):
   c.train.rounds = args.rounds
   c.eval.every_rounds = args.eval_every
   c.eval.local_examples = 500
+  c.eval.local_subset = "shared"  # every node on the first 500 test samples, as measured in the README
   c.algorithm.name = algorithm
   c.algorithm.sample_size = args.sample_size
   c.algorithm.aggregators = args.aggregators

@@ -117,7 +117,10 @@ def test_poison_labels_flips_only_the_attackers_copy():
 
 
 def test_honest_metrics_ignore_attackers():
-  c = tiny_config(num_nodes=6, adversary__attack="sign_flip", adversary__count=2)
+  # shared: every node on the same test samples, so an honest node's figure does not depend on
+  # its index among 6 or 4 nodes (per_node gives each index its own slice).
+  c = tiny_config(num_nodes=6, adversary__attack="sign_flip", adversary__count=2,
+                  eval__local_subset="shared")
   exp = build_experiment(c)
   honest = np.asarray(exp.honest_N)
   params = jax.tree.map(lambda x: np.array(x), exp.init_params)
