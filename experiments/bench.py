@@ -6,7 +6,7 @@
 Workloads (Fashion-MNIST, Dirichlet alpha 0.3, ring with Metropolis-Hastings weights (1/3),
 5 local steps of batch 32, lr 0.1, no momentum):
   W1   32 nodes, MLP 784-200-200-10, DFedSAM (rho 0.05)      W3   1024 nodes, MLP, DFedAvg
-  W2   16 nodes, LeNet-5 CNN, DFedSAM (rho 0.05)             W3x2 2048 nodes (W3's scaling)
+  W2   16 nodes, CNN (model cnn), DFedSAM (rho 0.05)             W3x2 2048 nodes (W3's scaling)
   W4   256 nodes, logistic regression 784->10, DFedAvg
   W5   16,384 nodes, logreg, DFedAvg, exponential graph  W5h 8,192 nodes (W5's scaling); both
        give empty Dirichlet shards a sample (data.min_samples=1) and skip the per-node loop
