@@ -250,12 +250,18 @@ def config_fingerprint(config_dict: dict) -> str:
   return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
+# Fields added after runs were saved, with the value that gives what a run saved without them
+# did: a saved config that lacks one is compared as if it held that value.
+ADDED_FIELDS = {"data.min_samples": 0, "eval.local_subset": "shared"}
+
+
 def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
   """Returns (blocking, harmless) differences as 'field: old -> new' lines."""
   old, new = _flatten(saved), _flatten(current)
   blocking, harmless = [], []
   for field in sorted(set(old) | set(new)):
-    a, b = old.get(field, "<absent>"), new.get(field, "<absent>")
+    a = old.get(field, ADDED_FIELDS.get(field, "<absent>"))
+    b = new.get(field, "<absent>")
     if a != b:
       (harmless if _resumable(field) else blocking).append(f"{field}: {a!r} -> {b!r}")
   return blocking, harmless

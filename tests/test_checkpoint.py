@@ -234,3 +234,17 @@ def test_resume_across_a_final_merge_replays_it_and_its_horizon_is_fixed(tmp_pat
   with pytest.raises(checkpoint.ConfigMismatchError, match=r"topology.num_rounds: 6 -> 8"):
     train_and_evaluate(tiny(train__rounds=8, eval__every_rounds=4, checkpoint__every_rounds=1,
                             topology__schedule="final_merge"), workdir)
+
+
+def test_a_field_added_later_compares_as_its_old_behaviour():
+  from dfl.checkpoint import ConfigMismatchError, check_resumable
+  saved = {"data": {"name": "digits"}, "eval": {"local_examples": 2000}}  # before both fields
+  same = {"data": {"name": "digits", "min_samples": 0},
+          "eval": {"local_examples": 2000, "local_subset": "shared"}}
+  assert check_resumable(saved, same, what="the run") == []
+  changed = {"data": {"name": "digits", "min_samples": 1},
+             "eval": {"local_examples": 2000, "local_subset": "per_node"}}
+  with pytest.raises(ConfigMismatchError) as e:
+    check_resumable(saved, changed, what="the run")
+  assert "data.min_samples: 0 -> 1" in str(e.value)
+  assert "eval.local_subset: 'shared' -> 'per_node'" in str(e.value)
