@@ -86,9 +86,10 @@ def node_average(tree: PyTree, w_N: jax.Array | None = None) -> PyTree:
   """
   def one(x_N):
     n = x_N.shape[0]
-    w = jnp.full((n,), 1.0 / n, x_N.dtype) if w_N is None else w_N.astype(x_N.dtype)
-    out = jnp.dot(w, x_N.reshape(n, -1), precision=jax.lax.Precision.HIGHEST)
-    return out.reshape(x_N.shape[1:])
+    dtype = jnp.promote_types(x_N.dtype, jnp.float32)  # bfloat16 leaves: weights and sum in f32
+    w = jnp.full((n,), 1.0 / n, dtype) if w_N is None else w_N.astype(dtype)
+    out = jnp.dot(w, x_N.reshape(n, -1).astype(dtype), precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(x_N.shape[1:]).astype(x_N.dtype)
   return jax.tree.map(one, tree)
 
 

@@ -130,3 +130,22 @@ def test_first_positions_by_top_k_equal_the_full_permutation(size, width, count)
     full = np.asarray(shuffled_positions(key, jnp.int32(size), width))
     first = np.asarray(shuffled_positions(key, jnp.int32(size), width, count))
     np.testing.assert_array_equal(first, full[:count])
+
+
+def test_node_average_and_consensus_distance_against_float64_numpy():
+  from dfl.mixing import consensus_distance, node_average
+  rng = np.random.default_rng(3)
+  tree = {"w": rng.normal(size=(9, 4, 5)).astype(np.float32),
+          "b": rng.normal(size=(9, 5)).astype(np.float32)}
+  w_N = rng.dirichlet(np.ones(9))
+  for got, expected in (
+      (node_mean(tree), {k: v.astype(np.float64).mean(0) for k, v in tree.items()}),
+      (node_average(tree, jnp.asarray(w_N, jnp.float32)),
+       {k: np.tensordot(w_N, v.astype(np.float64), 1) for k, v in tree.items()})):
+    for k in tree:
+      assert got[k].shape == tree[k].shape[1:] and got[k].dtype == jnp.float32
+      np.testing.assert_allclose(np.asarray(got[k]), expected[k], rtol=1e-5, atol=1e-6)
+  distance = sum(np.sum((v.astype(np.float64) - v.astype(np.float64).mean(0)) ** 2)
+                 for v in tree.values()) / 9
+  np.testing.assert_allclose(float(consensus_distance(tree)), distance, rtol=1e-5)
+  assert node_mean({"h": jnp.ones((3, 2), jnp.bfloat16)})["h"].dtype == jnp.bfloat16
