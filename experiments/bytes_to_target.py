@@ -69,7 +69,7 @@ def make_config(args, topology: str, algorithm: str, compressor, gamma):
   c.train.rounds = args.rounds
   c.eval.every_rounds = args.eval_every
   c.eval.local_examples = 200
-  c.eval.local_subset = "shared"  # every node on the first 200 test samples, as measured in the README
+  c.eval.local_subset = "shared"  # all nodes on the first 200, as the README measured
   c.checkpoint.every_rounds = 0
   return c
 

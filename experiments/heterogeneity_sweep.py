@@ -82,7 +82,7 @@ def fmnist_config(args, algorithm: str, alpha: float):
   c.train.rounds = args.fmnist_rounds
   c.eval.every_rounds = args.fmnist_rounds // 4
   c.eval.local_examples = 1000
-  c.eval.local_subset = "shared"  # every node on the first 1000 test samples, as measured in the README
+  c.eval.local_subset = "shared"  # all nodes on the first 1000, as the README measured
   return c
 
 

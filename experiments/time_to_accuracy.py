@@ -83,7 +83,7 @@ def base_config(args, algorithm: str, rounds: int):
   c.train.rounds = rounds
   c.eval.every_rounds = 2
   c.eval.local_examples = 200
-  c.eval.local_subset = "shared"  # every node on the first 200 test samples, as measured in the README
+  c.eval.local_subset = "shared"  # all nodes on the first 200, as the README measured
   c.model.hidden = (args.hidden,)
   c.system.enabled = True
   c.system.samples_per_second = TRACE

@@ -71,7 +71,7 @@ def get_config(arg: str = "dir0.3"):
   c.eval.every_rounds = 20
   c.eval.batch_size = 500
   c.eval.local_examples = 1000
-  c.eval.local_subset = "shared"  # every node on the first 1000 test samples, as measured in the README
+  c.eval.local_subset = "shared"  # all nodes on the first 1000, as the README measured
   return c
 
 

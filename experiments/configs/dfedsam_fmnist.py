@@ -35,5 +35,5 @@ def get_config(arg: str = "dir0.3"):
   c.train.rounds = 100
   c.eval.every_rounds = 10
   c.eval.local_examples = 1000
-  c.eval.local_subset = "shared"  # every node on the first 1000 test samples, as measured in the README
+  c.eval.local_subset = "shared"  # all nodes on the first 1000, as the README measured
   return c

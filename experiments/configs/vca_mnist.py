@@ -77,5 +77,5 @@ def get_config():
   c.train.rounds = 100
   c.eval.every_rounds = 5
   c.eval.local_examples = 2000
-  c.eval.local_subset = "shared"  # every node on the first 2000 test samples, as measured in the README
+  c.eval.local_subset = "shared"  # all nodes on the first 2000, as the README measured
   return c
