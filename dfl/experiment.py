@@ -43,7 +43,8 @@ from dfl.variance_correction import build_mixer
 # Tags of the independent random streams derived from config.seed.
 _INIT_STREAM, _TRAIN_STREAM, _PARTITION_STREAM, _TOPOLOGY_STREAM = 0, 1, 2, 3
 _MEMBERSHIP_STREAM, _PERSONAL_TEST_STREAM, _ADVERSARY_STREAM = 4, 5, 6
-_CALIBRATION_STREAM, _SYSTEM_STREAM = 7, 8  # the batches that re-estimate BatchNorm statistics (eval)
+_CALIBRATION_STREAM = 7  # the batches that re-estimate BatchNorm statistics (eval)
+_SYSTEM_STREAM = 8  # the per-node device and link draws (dfl/system)
 
 
 @dataclasses.dataclass

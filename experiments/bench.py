@@ -80,7 +80,10 @@ def workload_config(name: str, data_dir: str, execution: str):
   c.model.name = spec["model"]
   c.data.min_samples = spec.get("min_samples", 0)
   c.topology.name = spec.get("topology", "ring")
-  c.algorithm.name, c.algorithm.rho = ("dfedsam", spec["rho"]) if spec["rho"] else ("dfedavg", 0.05)
+  if spec["rho"]:
+    c.algorithm.name, c.algorithm.rho = "dfedsam", spec["rho"]
+  else:
+    c.algorithm.name = "dfedavg"
   c.algorithm.local_steps, c.algorithm.batch_size, c.algorithm.lr = LOCAL_STEPS, BATCH, LR
   c.train.execution = execution
   return c

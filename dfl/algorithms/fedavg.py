@@ -81,9 +81,6 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
       return StatefulServerState(params_N, model_state_N)
     return ServerState(params_N)
 
-  def average(trained_M, p_M):
-    return node_average(trained_M, p_M)  # the mean when p_M is None
-
   def round_fn(state: ServerState, inputs: RoundInputs):
     clients_M = jax.random.permutation(jax.random.fold_in(inputs.key, SAMPLING_STREAM), num_nodes)[:m]
     global_params = jax.tree.map(lambda x: x[0], state.params)
@@ -123,7 +120,7 @@ def server_average(local_sgd: Callable, *, num_nodes: int, client_fraction: floa
       if on_time_M is not None:
         n_M = n_M * on_time_M
       p_M = n_M / jnp.maximum(jnp.sum(n_M), 1e-30)
-    new_global = average(trained_M, p_M)
+    new_global = node_average(trained_M, p_M)  # the mean when p_M is None
     if on_time_M is not None:  # no client on time: the global model stays
       new_global = jax.tree.map(lambda g, x: jnp.where(jnp.sum(n_M) > 0, g, x), new_global,
                                 global_params)
